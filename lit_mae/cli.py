@@ -1,0 +1,80 @@
+"""The command line: one LightningCLI in subclass mode for model and data.
+
+`lightning fit --config configs/pretrain.yaml` (also `lit-mae ...` and `python -m lit_mae ...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import re
+from typing import NoReturn
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclasses for short names)
+import lit_mae.pretrain  # noqa: F401  (likewise the LightningModules)
+
+_CLASS_OPTION = re.compile(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted")
+_PARSER_OPTION = re.compile(r"does not accept option '([\w.]+)'")
+
+
+def _parameter_names(class_path: str) -> list[str]:
+    """The keyword names a class accepts: dataclass fields or `__init__` parameters."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _hint(wrong: str, valid: list[str], where: str) -> str:
+    close = difflib.get_close_matches(wrong, valid, n=1)
+    guess = f" Did you mean '{close[0]}'?" if close else ""
+    return f"\n'{wrong}' is not a key of {where}.{guess} Valid keys: {', '.join(sorted(valid))}"
+
+
+class LitMAEArgumentParser(LightningArgumentParser):
+    """Rejects unknown config keys with the valid names at that level (and a likely intended one)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        hints = []
+        for class_path, wrong in _CLASS_OPTION.findall(message):
+            if valid := _parameter_names(class_path):
+                hints.append(_hint(wrong, valid, class_path))
+        parser = getattr(ex, "subcommand_parser", None) or self
+        for key in _PARSER_OPTION.findall(message):
+            prefix, _, wrong = key.rpartition(".")
+            depth = key.count(".")
+            valid = sorted({a.dest.split(".")[depth] for a in parser._actions
+                            if a.dest.count(".") >= depth and a.dest.startswith(prefix)})
+            if valid:
+                hints.append(_hint(wrong, valid, f"'{prefix}'" if prefix else "the top level"))
+        super().error(message + "".join(dict.fromkeys(hints)), ex)
+
+
+class LitMAECLI(LightningCLI):
+    """LightningCLI that knows lit-mae's modules by their short class names."""
+
+
+def main(args: list[str] | None = None) -> None:
+    LitMAECLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_class=LitMAEArgumentParser,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

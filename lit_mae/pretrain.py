@@ -1,0 +1,113 @@
+"""`LitMAE`: the MAE pretraining system (loss, masks, AdamW and the warmup-cosine schedule)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_mae.models import MAEConfig, MaskedAutoencoderViT, preset_config
+from lit_mae.optim import param_groups_weight_decay, warmup_cosine
+from lit_mae.training import effective_lr, images_of, schedule_steps, step_generator
+
+PresetName = Literal["tiny", "small", "base", "large", "huge"]
+
+
+def resolve_config(
+    config: MAEConfig | Mapping[str, Any] | None, preset: str | None, overrides: Mapping[str, Any] | None
+) -> MAEConfig:
+    """Exactly one of `config` or `preset`; `overrides` change fields of a preset."""
+    if (config is None) == (preset is None):
+        raise ValueError("give exactly one of `config` (a full MAEConfig) or `preset` (with `overrides`)")
+    if config is not None:
+        if overrides:
+            raise ValueError("`overrides` apply to a `preset`; put the fields in `config` instead")
+        return config if isinstance(config, MAEConfig) else MAEConfig.from_dict(config)
+    return preset_config(preset, **(overrides or {}))
+
+
+class LitMAE(LightningModule):
+    """MAE pretraining. `.model` is the `MaskedAutoencoderViT`.
+
+    Args:
+        config: the full architecture; or give `preset` ("tiny" ... "huge") with `overrides`.
+        base_lr: lr per 256 images; the lr used is base_lr x effective batch / 256.
+        lr: an absolute lr instead of the scaled `base_lr`.
+        weight_decay, betas: AdamW settings (no decay on 1-D parameters and biases).
+        warmup_epochs: linear warmup length (fractions allowed), then cosine to `min_lr`.
+        mask_ratio: overrides the config's ratio for training and validation.
+        mask_seed: masks come from (mask_seed, global step, rank), so a resumed run draws the
+            masks an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        config: MAEConfig | None = None,
+        preset: PresetName | None = None,
+        overrides: dict[str, Any] | None = None,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        min_lr: float = 0.0,
+        mask_ratio: float | None = None,
+        mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        arch = resolve_config(config, preset, overrides)
+        if mask_ratio is not None:
+            arch = arch.replace(mask_ratio=mask_ratio)
+        config = arch.to_dict() if config is not None else None  # plain data in the checkpoint
+        self.save_hyperparameters()
+        self.model = MaskedAutoencoderViT(arch)
+        self.base_lr, self.lr, self.min_lr = base_lr, lr, min_lr
+        self.weight_decay, self.betas, self.warmup_epochs = weight_decay, tuple(betas), warmup_epochs
+        self.mask_seed = mask_seed
+
+    @property
+    def config(self) -> MAEConfig:
+        return self.model.config
+
+    def forward(self, images: Tensor, **kwargs: Any):
+        return self.model(images, **kwargs)
+
+    def _loss(self, batch: object, stream: str, step: int) -> Tensor:
+        generator = step_generator(self.mask_seed, step, self.global_rank, stream)
+        return self.model(images_of(batch), generator=generator).loss
+
+    def training_step(self, batch: object, batch_idx: int) -> Tensor:
+        loss = self._loss(batch, "train", self.global_step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, epoch "
+                f"{self.current_epoch}; try a lower lr, or bf16 instead of fp16 precision"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: object, batch_idx: int) -> None:
+        # the same masks at every validation, so that the numbers compare across epochs
+        self.log("val/loss", self._loss(batch, "val", batch_idx), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: object, batch_idx: int) -> None:
+        self.log("test/loss", self._loss(batch, "test", batch_idx), sync_dist=True)
+
+    def predict_step(self, batch: object, batch_idx: int) -> dict[str, Tensor]:
+        """Per-image features: the cls token of the unmasked encoder (B, D)."""
+        tokens = self.model.encoder.forward_features(images_of(batch))
+        return {"embedding": self.model.encoder.pool(tokens, "cls")}
+
+    def configure_optimizers(self):
+        peak = self.lr if self.lr is not None else effective_lr(self.trainer, self.base_lr)
+        total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
+        groups = param_groups_weight_decay(self.model, self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=peak, betas=self.betas)
+        floor = self.min_lr / peak if peak > 0 else 0.0
+        schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, 1.0, floor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
