@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import importlib
@@ -19,7 +20,8 @@ import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclass
 import lit_mae.pretrain  # noqa: F401  (likewise the LightningModules)
 
 _CLASS_OPTION = re.compile(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted")
-_PARSER_OPTION = re.compile(r"does not accept option '([\w.]+)'")
+_PARSER_OPTION = re.compile(r"(?:Group '([\w.]+)' )?does not accept option '([\w.]+)'")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 
 
 def _parameter_names(class_path: str) -> list[str]:
@@ -41,6 +43,18 @@ def _hint(wrong: str, valid: list[str], where: str) -> str:
     return f"\n'{wrong}' is not a key of {where}.{guess} Valid keys: {', '.join(sorted(valid))}"
 
 
+def _option_names(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option destination of a parser and of its subcommands' parsers (`trainer.max_epochs`)."""
+    names = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names |= _option_names(sub)
+        elif action.dest:
+            names.add(action.dest)
+    return names
+
+
 class LitMAEArgumentParser(LightningArgumentParser):
     """Rejects unknown config keys with the valid names at that level (and a likely intended one)."""
 
@@ -50,11 +64,14 @@ class LitMAEArgumentParser(LightningArgumentParser):
             if valid := _parameter_names(class_path):
                 hints.append(_hint(wrong, valid, class_path))
         parser = getattr(ex, "subcommand_parser", None) or self
-        for key in _PARSER_OPTION.findall(message):
+        keys = [f"{group}.{key}" if group else key for group, key in _PARSER_OPTION.findall(message)]
+        for args in _UNRECOGNIZED.findall(message):
+            keys += [a.lstrip("-").split("=")[0] for a in args.split() if a.startswith("--")]
+        for key in keys:
             prefix, _, wrong = key.rpartition(".")
             depth = key.count(".")
-            valid = sorted({a.dest.split(".")[depth] for a in parser._actions
-                            if a.dest.count(".") >= depth and a.dest.startswith(prefix)})
+            valid = sorted({name.split(".")[depth] for name in _option_names(parser)
+                            if name.count(".") >= depth and name.startswith(prefix)})
             if valid:
                 hints.append(_hint(wrong, valid, f"'{prefix}'" if prefix else "the top level"))
         super().error(message + "".join(dict.fromkeys(hints)), ex)

@@ -28,10 +28,16 @@ def images_of(batch: object) -> Tensor:
     )
 
 
+def _train_loader_ready(trainer: Trainer) -> object:
+    """The training dataloader, built now if the fit loop has not built it yet."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    return trainer.train_dataloader
+
+
 def per_device_batch_size(trainer: Trainer) -> int:
-    """Batch size of the training dataloader (set up on demand)."""
-    _ = trainer.estimated_stepping_batches  # makes the fit loop build its dataloader
-    loader = trainer.train_dataloader
+    """Batch size of the training dataloader."""
+    loader = _train_loader_ready(trainer)
     size = getattr(loader, "batch_size", None)
     if size is None:
         size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
@@ -48,6 +54,7 @@ def effective_lr(trainer: Trainer, base_lr: float) -> float:
 
 def schedule_steps(trainer: Trainer, warmup_epochs: float) -> tuple[int, int]:
     """(total optimizer steps, warmup steps) of this fit."""
+    _train_loader_ready(trainer)  # with only max_steps set, nothing else counts the batches
     total = int(trainer.estimated_stepping_batches)
     batches = trainer.num_training_batches
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total

@@ -34,7 +34,10 @@ _TOP_NAMES = {
     "decoder.decoder_norm": "decoder_norm",
     "decoder.decoder_pred": "decoder_pred",
 }
-_LAYER = re.compile(r"^(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)$")
+# transformers 5.x save_pretrained writes decoder layers as `decoder.decoder_encoder.layer.N`: an alias
+_LAYER = re.compile(
+    r"^(encoder\.layer|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$"
+)
 _QKV = re.compile(r"^attention\.attention\.(query|key|value)$")
 
 

@@ -1,0 +1,118 @@
+"""Optimisation helpers as pure functions: parameter groups, lr scaling, warmup-cosine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lit_mae import MaskedAutoencoderViT
+from lit_mae.optim import param_groups_weight_decay, scaled_lr, warmup_cosine
+
+
+def _names_by_id(module: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in module.named_parameters()}
+
+
+def _group_names(module: nn.Module, groups: list[dict]) -> tuple[list[str], list[str]]:
+    names = _names_by_id(module)
+    decay = next(g for g in groups if g["weight_decay"] > 0)
+    no_decay = next(g for g in groups if g["weight_decay"] == 0)
+    return [names[id(p)] for p in decay["params"]], [names[id(p)] for p in no_decay["params"]]
+
+
+def test_groups_split_weights_from_vectors_and_biases(tiny_config):
+    model = MaskedAutoencoderViT(tiny_config)
+    groups = param_groups_weight_decay(model, 0.05)
+    decay, no_decay = _group_names(model, groups)
+    params = dict(model.named_parameters())
+
+    assert [g["weight_decay"] for g in groups if g["weight_decay"] > 0] == [0.05]
+    assert all(params[n].ndim >= 2 and not n.endswith(".bias") for n in decay)
+    assert all(params[n].ndim <= 1 or n.endswith(".bias") for n in no_decay)
+    # the official recipe decays the learned tokens (they are 3-D)
+    assert "mask_token" in decay and "encoder.cls_token" in decay
+    assert any(n.endswith("norm.weight") for n in no_decay)
+    assert any(n.endswith(".bias") for n in no_decay)
+
+
+def test_groups_cover_each_trainable_parameter_once_and_skip_frozen(tiny_config):
+    model = MaskedAutoencoderViT(tiny_config)
+    groups = param_groups_weight_decay(model, 0.1)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+
+    assert len(grouped) == len(set(grouped)), "a parameter is in two groups"
+    assert set(grouped) == trainable
+    assert {"encoder.pos_embed", "decoder_pos_embed"} <= frozen  # the fixed sin-cos tables
+
+
+def test_groups_honour_skip_and_frozen_weights():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model[1].weight.requires_grad_(False)
+    decay, no_decay = _group_names(model, param_groups_weight_decay(model, 0.05, skip=["0.weight"]))
+    assert decay == []
+    assert sorted(no_decay) == ["0.bias", "0.weight", "1.bias"]
+
+
+def test_groups_build_an_adamw_that_steps(tiny_config):
+    model = MaskedAutoencoderViT(tiny_config)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
+    model(torch.randn(2, 3, 16, 16), generator=torch.Generator().manual_seed(0)).loss.backward()
+    optimizer.step()  # would fail on an empty or duplicated group
+
+
+@pytest.mark.parametrize("batch, devices, nodes, accum", [(256, 1, 1, 1), (64, 2, 1, 1), (32, 4, 2, 1),
+                                                          (16, 1, 1, 4), (8, 2, 2, 2)])
+def test_scaled_lr_is_linear_in_the_effective_batch(batch, devices, nodes, accum):
+    effective = batch * devices * nodes * accum
+    assert scaled_lr(1.5e-4, batch, devices, nodes, accum) == pytest.approx(1.5e-4 * effective / 256)
+    # doubling any factor doubles the lr
+    assert scaled_lr(1e-3, batch, devices, nodes, 2 * accum) == pytest.approx(
+        2 * scaled_lr(1e-3, batch, devices, nodes, accum))
+
+
+def test_scaled_lr_at_batch_256_is_the_base_lr():
+    assert scaled_lr(3e-4, 128, 2, 1, 1) == pytest.approx(3e-4)
+
+
+TOTAL, WARMUP, PEAK, MIN = 100, 10, 2e-3, 1e-5
+
+
+def test_warmup_starts_at_zero_and_rises_linearly_to_the_peak():
+    lrs = [warmup_cosine(s, TOTAL, WARMUP, PEAK, MIN) for s in range(WARMUP + 1)]
+    assert lrs[0] == 0.0
+    steps = [b - a for a, b in zip(lrs, lrs[1:])]
+    assert steps == pytest.approx([PEAK / WARMUP] * WARMUP)  # equal increments: linear
+    assert lrs[WARMUP] == pytest.approx(PEAK)
+
+
+def test_cosine_falls_monotonically_from_peak_to_minimum():
+    lrs = [warmup_cosine(s, TOTAL, WARMUP, PEAK, MIN) for s in range(WARMUP, TOTAL + 1)]
+    assert max(lrs) == pytest.approx(PEAK) and lrs[0] == pytest.approx(PEAK)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(MIN)
+    assert min(lrs) >= MIN - 1e-12
+
+
+def test_cosine_midpoint_is_halfway_between_peak_and_minimum():
+    middle = WARMUP + (TOTAL - WARMUP) // 2
+    assert warmup_cosine(middle, TOTAL, WARMUP, PEAK, MIN) == pytest.approx((PEAK + MIN) / 2)
+
+
+def test_schedule_stays_at_minimum_after_the_end():
+    assert warmup_cosine(TOTAL + 50, TOTAL, WARMUP, PEAK, MIN) == pytest.approx(MIN)
+
+
+def test_no_warmup_starts_at_the_peak():
+    assert warmup_cosine(0, TOTAL, 0, PEAK, MIN) == pytest.approx(PEAK)
+
+
+def test_schedule_never_leaves_its_range():
+    for total, warmup in [(1, 0), (1, 1), (5, 5), (7, 3), (1000, 37)]:
+        for step in range(total + 2):
+            lr = warmup_cosine(step, total, warmup, PEAK, MIN)
+            assert math.isfinite(lr) and 0.0 <= lr <= PEAK + 1e-15, (total, warmup, step, lr)
