@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal, Mapping
 
 import torch
@@ -10,7 +9,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_mae.models import MAEConfig, MaskedAutoencoderViT, preset_config
+from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, preset_config
 from lit_mae.optim import param_groups_weight_decay, warmup_cosine
 from lit_mae.training import effective_lr, images_of, schedule_steps, step_generator
 
@@ -73,7 +72,7 @@ class LitMAE(LightningModule):
     def config(self) -> MAEConfig:
         return self.model.config
 
-    def forward(self, images: Tensor, **kwargs: Any):
+    def forward(self, images: Tensor, **kwargs: Any) -> MAEOutput:
         return self.model(images, **kwargs)
 
     def _loss(self, batch: object, stream: str, step: int) -> Tensor:
