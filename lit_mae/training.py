@@ -55,7 +55,10 @@ def effective_lr(trainer: Trainer, base_lr: float) -> float:
 def schedule_steps(trainer: Trainer, warmup_epochs: float) -> tuple[int, int]:
     """(total optimizer steps, warmup steps) of this fit."""
     _train_loader_ready(trainer)  # with only max_steps set, nothing else counts the batches
-    total = int(trainer.estimated_stepping_batches)
+    estimated = trainer.estimated_stepping_batches
+    if not math.isfinite(estimated):
+        raise ValueError("the warmup-cosine schedule needs a length: set trainer.max_epochs or trainer.max_steps")
+    total = int(estimated)
     batches = trainer.num_training_batches
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total
     return total, min(total, round(warmup_epochs * max(1, per_epoch)))

@@ -348,3 +348,9 @@ def test_loss_decreases_on_digits(make_trainer):
     out = system.model(images, generator=torch.Generator().manual_seed(0))
     zero = system.model.forward_loss(images, torch.zeros_like(out.pred), out.mask).item()
     assert last < 0.8 * zero, (last, zero)
+
+
+def test_endless_training_has_no_schedule_length(tiny_config, make_trainer):
+    system = LitMAE(config=tiny_config, lr=1e-3)
+    with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
+        make_trainer(max_epochs=-1, max_steps=-1).fit(system, ImageDataModule(n=16, batch_size=4))

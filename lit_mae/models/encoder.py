@@ -46,11 +46,12 @@ class ViTEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Official init: patch conv xavier-uniform on its (D, C*p*p) view, cls token N(0, 0.02)."""
+        """Official init: patch conv weight xavier-uniform on its (D, C*p*p) view (its bias keeps
+        PyTorch's default, as in the official code), cls token N(0, 0.02)."""
         self.apply(init_weights)
+        self.patch_embed.proj.reset_parameters()
         weight = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.cls_token, std=0.02)
         with torch.no_grad():
             self.pos_embed.copy_(sincos_2d(self.config.embed_dim, (self.config.grid_size,) * 2))
