@@ -1,4 +1,5 @@
-"""Optimisation helpers as pure functions: parameter groups, lr scaling and warmup-cosine."""
+"""Optimisation helpers as pure functions: parameter groups (with layer-wise lr decay), lr scaling
+and the per-step warmup-cosine schedule."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 from collections.abc import Iterable
 
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def param_groups_weight_decay(
@@ -40,3 +43,53 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, m
         return peak * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return minimum + (peak - minimum) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """Layer of a ViT parameter for layer-wise lr decay (official `get_layer_id_for_vit`):
+    patch_embed, cls_token and pos_embed are layer 0, block i is layer i+1, everything after the
+    blocks (final norm, fc_norm, head) is layer depth+1. A leading `encoder.` is ignored."""
+    name = name.removeprefix("encoder.")
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups_layer_decay(
+    module: nn.Module, weight_decay: float, layer_decay: float, depth: int,
+    no_weight_decay: Iterable[str] = ("pos_embed", "cls_token"),
+) -> list[dict]:
+    """AdamW groups per (layer, decay or not), each with `lr_scale` = layer_decay^(depth+1-layer).
+
+    No weight decay on 1-D parameters and on names in `no_weight_decay` (with or without a leading
+    `encoder.`). `lr_scale` is applied to the lr itself by `warmup_cosine_scheduler`.
+    """
+    skip = set(no_weight_decay)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        decays = not (param.ndim == 1 or name.removeprefix("encoder.") in skip)
+        layer = vit_layer_id(name, depth)
+        group = groups.setdefault((layer, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": layer_decay ** (depth + 1 - layer), "layer": layer,
+        })
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def warmup_cosine_scheduler(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 0.0
+) -> LambdaLR:
+    """Per-step warmup-cosine on each group's initial lr (the peak), times its `lr_scale` (default 1).
+
+    The floor `min_lr` is scaled like the rest, as the official fine-tuning code does.
+    """
+    def factor(scale: float, peak: float):
+        floor = min_lr / peak if peak > 0 else 0.0
+        return lambda step: scale * warmup_cosine(step, total_steps, warmup_steps, 1.0, floor)
+
+    return LambdaLR(optimizer, [factor(g.get("lr_scale", 1.0), g["lr"]) for g in optimizer.param_groups])

@@ -7,10 +7,9 @@ from typing import Any, Literal, Mapping
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 
 from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, preset_config
-from lit_mae.optim import param_groups_weight_decay, warmup_cosine
+from lit_mae.optim import param_groups_weight_decay, warmup_cosine_scheduler
 from lit_mae.training import effective_lr, images_of, schedule_steps, step_generator
 
 PresetName = Literal["tiny", "small", "base", "large", "huge"]
@@ -107,6 +106,5 @@ class LitMAE(LightningModule):
         total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
         groups = param_groups_weight_decay(self.model, self.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=peak, betas=self.betas)
-        floor = self.min_lr / peak if peak > 0 else 0.0
-        schedule = LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, 1.0, floor))
+        schedule = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -8,8 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from lit_mae import MaskedAutoencoderViT
-from lit_mae.optim import param_groups_weight_decay, scaled_lr, warmup_cosine
+from lit_mae import MAEConfig, MaskedAutoencoderViT
+from lit_mae.models import ViTEncoder
+from lit_mae.optim import (
+    param_groups_layer_decay,
+    param_groups_weight_decay,
+    scaled_lr,
+    vit_layer_id,
+    warmup_cosine,
+    warmup_cosine_scheduler,
+)
 
 
 def _names_by_id(module: nn.Module) -> dict[int, str]:
@@ -116,3 +124,68 @@ def test_schedule_never_leaves_its_range():
         for step in range(total + 2):
             lr = warmup_cosine(step, total, warmup, PEAK, MIN)
             assert math.isfinite(lr) and 0.0 <= lr <= PEAK + 1e-15, (total, warmup, step, lr)
+
+
+# --- layer-wise lr decay (the fine-tuning recipe) -----------------------------------------------
+
+class _Classifier(torch.nn.Module):
+    """A ViT encoder with a trainable position table, an fc_norm and a head, as fine-tuning has."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        config = MAEConfig(img_size=16, patch_size=4, embed_dim=16, depth=depth, num_heads=2,
+                           decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+        self.encoder = ViTEncoder(config)
+        self.encoder.pos_embed.requires_grad_(True)
+        self.fc_norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 5)
+
+
+def test_vit_layer_id_follows_the_official_numbering():
+    depth = 3
+    model = _Classifier(depth)
+    layers = {name: vit_layer_id(name, depth) for name, _ in model.named_parameters()}
+    assert layers["encoder.cls_token"] == layers["encoder.pos_embed"] == 0
+    assert layers["encoder.patch_embed.proj.weight"] == layers["encoder.patch_embed.proj.bias"] == 0
+    for i in range(depth):
+        assert layers[f"encoder.blocks.{i}.attn.qkv.weight"] == i + 1
+        assert layers[f"encoder.blocks.{i}.mlp.fc2.bias"] == i + 1
+    assert layers["encoder.norm.weight"] == layers["fc_norm.weight"] == layers["head.weight"] == depth + 1
+    assert vit_layer_id("blocks.2.norm1.weight", depth) == 3  # official names without the prefix
+
+
+def test_layer_decay_groups_cover_each_parameter_once_with_the_right_decay():
+    depth, decay = 3, 0.75
+    model = _Classifier(depth)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=decay, depth=depth)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        assert group["lr_scale"] == pytest.approx(decay ** (depth + 1 - group["layer"]), rel=1e-15)
+        for param in group["params"]:
+            name = names[id(param)]
+            exempt = param.ndim == 1 or name in ("encoder.pos_embed", "encoder.cls_token")
+            assert group["weight_decay"] == (0.0 if exempt else 0.05), name
+
+
+@pytest.mark.parametrize("decay", [0.75, 0.65])
+def test_layer_decay_scales_the_actual_lr_by_exactly_the_factor_at_every_step(decay):
+    depth, peak, total, warmup, min_lr = 4, 1e-3, 20, 5, 1e-6
+    model = _Classifier(depth)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=decay, depth=depth)
+    optimizer = torch.optim.AdamW(groups, lr=peak)
+    schedule = warmup_cosine_scheduler(optimizer, total, warmup, min_lr)
+    seen_steps = 0
+    for step in range(total):
+        by_layer = {g["layer"]: g["lr"] for g in optimizer.param_groups}
+        assert sorted(by_layer) == list(range(depth + 2))
+        top = warmup_cosine(step, total, warmup, peak, min_lr)
+        assert by_layer[depth + 1] == pytest.approx(top, rel=1e-12, abs=0)
+        if top > 0:
+            seen_steps += 1
+            for layer in range(depth + 1):
+                assert by_layer[layer] / by_layer[layer + 1] == pytest.approx(decay, rel=1e-12)
+        optimizer.step()
+        schedule.step()
+    assert seen_steps == total - 1  # every step but the first (lr 0 at the start of warmup)
