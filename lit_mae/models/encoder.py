@@ -89,9 +89,10 @@ class ViTEncoder(nn.Module):
         return tokens, self.cls_token + pos[:, :1]
 
     def run_blocks(
-        self, x: Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+        self, x: Tensor, output_hidden_states: bool = False, output_attentions: bool = False,
+        final_norm: bool = True,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        """(B, N, D) through every block and the final norm; optionally the per-block records."""
+        """(B, N, D) through every block (and the final norm); optionally the per-block records."""
         hidden: list[Tensor] = [x]
         attentions: list[Tensor] = []
         for block in self.blocks:
@@ -100,16 +101,19 @@ class ViTEncoder(nn.Module):
             if weights is not None:
                 attentions.append(weights)
         return (
-            self.norm(x),
+            self.norm(x) if final_norm else x,
             tuple(hidden) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
 
-    def forward_features(self, images: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
-        """All patches, no masking: (B, C, H, W) -> (B, 1+L, D) after the final norm, cls first."""
+    def forward_features(
+        self, images: Tensor, interpolate_pos_encoding: bool = False, final_norm: bool = True
+    ) -> Tensor:
+        """All patches, no masking: (B, C, H, W) -> (B, 1+L, D), cls first; after the final norm
+        unless `final_norm=False` (fine-tuning's average pooling uses its own `fc_norm` instead)."""
         tokens, cls = self.embed(images, interpolate_pos_encoding)
         x = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, 1+L, D)
-        return self.run_blocks(x)[0]
+        return self.run_blocks(x, final_norm=final_norm)[0]
 
     def forward_masked(
         self,
