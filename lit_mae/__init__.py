@@ -13,7 +13,11 @@ from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT
 
 __version__ = "0.1.0"
 
-_LAZY = {"LitMAE": "lit_mae.pretrain"}
+_LAZY = {
+    "LitMAE": "lit_mae.pretrain",
+    "LitLinearProbe": "lit_mae.classification",
+    "LitFineTune": "lit_mae.classification",
+}
 
 __all__ = ["MAEConfig", "MAEOutput", "MaskedAutoencoderViT", *_LAZY]
 

@@ -17,7 +17,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclasses for short names)
-import lit_mae.pretrain  # noqa: F401  (likewise the LightningModules)
+import lit_mae.classification  # noqa: F401  (likewise the LightningModules)
+import lit_mae.pretrain  # noqa: F401
 
 _CLASS_OPTION = re.compile(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted")
 _PARSER_OPTION = re.compile(r"(?:Group '([\w.]+)' )?does not accept option '([\w.]+)'")

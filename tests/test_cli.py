@@ -219,3 +219,15 @@ def test_misspelled_trainer_key_in_yaml_gets_a_suggestion(parse_dir, parse):
 def test_misspelled_trainer_argument_gets_a_suggestion(parse_dir, parse):
     code, _, err = parse(_fit_args(parse_dir, "trainer_arg"))
     _assert_rejected_with_hint(code, err, "max_epocs", "max_epochs", ["max_steps", "devices"])
+
+
+def test_linprobe_and_finetune_configs_run_on_the_pretrain_checkpoint(fitted):
+    """The chain of the README: the probe and fine-tune configs read runs/pretrain/checkpoints/last.ckpt."""
+    quick = ["--data.init_args.image_size", "16", "--data.init_args.batch_size", "16",
+             "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
+             "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.1"]
+    results = run_all([[*LIGHTNING, "fit", "--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), *quick]
+                       for name in ("linprobe", "finetune")], fitted)
+    for result, name in zip(results, ("linprobe", "finetune")):
+        assert_ok(result)
+        assert (fitted / "runs" / name / "checkpoints" / "last.ckpt").is_file()
