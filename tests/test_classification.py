@@ -121,3 +121,10 @@ def test_random_init_baseline_from_config(make_trainer):
     tune = LitFineTune(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10, lr=1e-3)
     make_trainer(max_steps=2).fit(tune, digits())
     assert torch.isfinite(tune.model.head.weight).all()
+
+
+def test_a_file_that_is_not_a_checkpoint_fails_naming_it(tmp_path):
+    bogus = tmp_path / "notes.ckpt"
+    bogus.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="notes.ckpt"):
+        LitLinearProbe(pretrained=str(bogus))
