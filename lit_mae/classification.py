@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from timm.data import Mixup
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_mae.lars import LARS
@@ -170,6 +171,7 @@ class LitFineTune(LitClassifier):
                          warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate)
         self.layer_decay = layer_decay
         self.mixup, self.cutmix, self.label_smoothing = mixup, cutmix, label_smoothing
+        self._mixer: Mixup | None = None
         self.save_hyperparameters()
 
     def prepare_model(self, model: ViTClassifier) -> None:
@@ -179,12 +181,11 @@ class LitFineTune(LitClassifier):
         """Mixup/CutMix with smoothed soft targets (timm), or smoothed one-hot targets when both are off."""
         num_classes = self.model.head.out_features
         if self.mixup > 0 or self.cutmix > 0:
-            from timm.data import Mixup
-
-            mixer = Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix,
-                          label_smoothing=self.label_smoothing, num_classes=num_classes)
+            if self._mixer is None:  # built once, when the head (and so num_classes) exists
+                self._mixer = Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix,
+                                    label_smoothing=self.label_smoothing, num_classes=num_classes)
             if images.shape[0] % 2 == 0:
-                return mixer(images, labels)
+                return self._mixer(images, labels)
         off = self.label_smoothing / num_classes
         return images, F.one_hot(labels, num_classes).float() * (1 - self.label_smoothing) + off
 

@@ -10,11 +10,10 @@ from torch import Tensor
 from lit_mae.interop import load_pretrained, read_state_dict
 from lit_mae.models import MAEConfig
 from lit_mae.models.pos_embed import resize_pos_embed
+from lit_mae.pretrain import resolve_config
 
 
 def _config_from_hparams(hparams: dict[str, Any]) -> MAEConfig:
-    from lit_mae.pretrain import resolve_config
-
     config = hparams.get("config")
     return resolve_config(config, None if config is not None else hparams.get("preset"), hparams.get("overrides"))
 
