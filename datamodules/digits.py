@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lit_mae.datamodules.transforms import AugmentOption, ImageTransform, resolve_augment, train_transform
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -25,12 +30,32 @@ def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Te
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
+class AugmentedImages(Dataset):
+    """uint8 (N, H, W) grayscale images and labels, each sample augmented on the fly as a PIL image."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: ImageTransform, channels: int) -> None:
+        self.images, self.labels = images.numpy(), labels
+        self.transform, self.pil_mode = transform, "RGB" if channels == 3 else "L"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = Image.fromarray(self.images[index]).convert(self.pil_mode)  # from (S, S) uint8, mode "L"
+        return self.transform(image), self.labels[index]
+
+
 class DigitsDataModule(LightningDataModule):
     """scikit-learn's handwritten digits, upsampled, as `(images, labels)` batches; 10 classes.
 
     Images are bicubically upsampled from 8x8 to `image_size`, repeated to `channels` and
     normalised with the training split's mean and std (`self.mean`, `self.std`). The split is
     fixed by `seed`: 80% train, 10% val, 10% test by default. Nothing is downloaded.
+
+    `augment` (a recipe name of `lit_mae.datamodules.transforms`, an `Augment`, or null) turns on
+    training augmentation: the training images are then kept as uint8 and transformed one by one
+    (as PIL images). Val and test images are never augmented (and not cropped: the digit fills
+    the frame).
     """
 
     num_classes = 10
@@ -45,6 +70,7 @@ class DigitsDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
+        augment: AugmentOption = None,
     ) -> None:
         super().__init__()
         if image_size < 8:
@@ -56,13 +82,15 @@ class DigitsDataModule(LightningDataModule):
                 f"DigitsDataModule: val_fraction={val_fraction} and test_fraction={test_fraction} "
                 "must be in [0, 1) and leave some training data"
             )
-        self.save_hyperparameters()
+        self.augment = resolve_augment(augment)
+        augment = dataclasses.asdict(self.augment) if self.augment else None  # saved as plain data
+        self.save_hyperparameters()  # reads the arguments from this frame's locals
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.num_workers, self.seed = num_workers, seed
         self.fractions = (val_fraction, test_fraction)
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
-        self.splits: dict[str, TensorDataset] = {}
+        self.splits: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -73,9 +101,13 @@ class DigitsDataModule(LightningDataModule):
         train, val, test = split_indices(len(images), self.fractions, self.seed)
         mean, std = images[train].mean(), images[train].std()
         self.mean, self.std = (mean.item(),) * self.channels, (std.item(),) * self.channels
-        images = ((images - mean) / std).contiguous()
-        self.splits = {name: TensorDataset(images[idx], labels[idx])
+        normalised = ((images - mean) / std).contiguous()
+        self.splits = {name: TensorDataset(normalised[idx], labels[idx])
                        for name, idx in (("train", train), ("val", val), ("test", test))}
+        if self.augment is not None:
+            pixels = (images[train, 0] * 255).round().to(torch.uint8)  # (N, S, S)
+            transform = train_transform(self.augment, self.image_size, self.mean, self.std)
+            self.splits["train"] = AugmentedImages(pixels, labels[train], transform, self.channels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
