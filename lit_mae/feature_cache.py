@@ -1,0 +1,47 @@
+"""The linear probe's speed path: encode a dataset once, then train the head on the stored features.
+
+With a frozen encoder and no augmentation every epoch sees the same features, so computing them
+once gives the same numbers as encoding every batch of every epoch. The cached loader keeps the
+original's batch size, shuffling, generator and drop_last, so it draws the same batch order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+
+def _labels_of(batch: Any) -> Tensor:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise TypeError(f"feature caching needs (images, labels) batches, got {type(batch).__name__}")
+    return batch[1]
+
+
+@torch.no_grad()
+def encode_dataset(loader: DataLoader, encode: Callable[[Tensor], Tensor], device: torch.device,
+                   context: Callable[[], ContextManager] = contextlib.nullcontext) -> tuple[Tensor, Tensor]:
+    """(N, D) float32 features and (N,) labels of `loader.dataset`, in dataset order, on the CPU.
+
+    Iterates a copy of `loader` without shuffling and with its own generator, so the global RNG
+    (which draws the training order) is left as it was.
+    """
+    ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False,
+                         num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                         pin_memory=loader.pin_memory, generator=torch.Generator())
+    features, labels = [], []
+    for batch in ordered:
+        with context():
+            features.append(encode(batch[0].to(device)).float().cpu())  # (B, D)
+        labels.append(_labels_of(batch))
+    return torch.cat(features), torch.cat(labels)
+
+
+def loader_like(loader: DataLoader, features: Tensor, labels: Tensor) -> DataLoader:
+    """A DataLoader over (features, labels) that batches and shuffles like `loader`."""
+    return DataLoader(TensorDataset(features, labels), batch_size=loader.batch_size,
+                      shuffle=isinstance(loader.sampler, RandomSampler), drop_last=loader.drop_last,
+                      generator=loader.generator)
