@@ -79,11 +79,29 @@ class LitMAEArgumentParser(LightningArgumentParser):
 
 
 class LitMAECLI(LightningCLI):
-    """LightningCLI that knows lit-mae's modules by their short class names."""
+    """LightningCLI that knows lit-mae's modules by their short class names.
+
+    `test_after_fit: true` (top level of a config) runs `test` when `fit` ends, on the checkpoint
+    that the ModelCheckpoint callback rates best (the final weights if there is none), and prints
+    the test metrics.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, test the best checkpoint (or the final weights) and print the metrics")
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit"):
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        print(f"\ntesting {'the best checkpoint ' + best if best else 'the final weights'}", flush=True)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
-def main(args: list[str] | None = None) -> None:
-    LitMAECLI(
+def run_cli(args: list[str] | None = None) -> LitMAECLI:
+    """Parse `args` (default: sys.argv), run the subcommand, return the CLI (its trainer, model, data)."""
+    return LitMAECLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -92,6 +110,11 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The console scripts' entry point (returns None: a console script exits with what it returns)."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

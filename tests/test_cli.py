@@ -222,12 +222,27 @@ def test_misspelled_trainer_argument_gets_a_suggestion(parse_dir, parse):
 
 
 def test_linprobe_and_finetune_configs_run_on_the_pretrain_checkpoint(fitted):
-    """The chain of the README: the probe and fine-tune configs read runs/pretrain/checkpoints/last.ckpt."""
+    """The chain of the README: the probe and fine-tune configs read runs/pretrain/checkpoints/last.ckpt,
+    end by testing their best checkpoint, and their checkpoints work with validate and test."""
     quick = ["--data.init_args.image_size", "16", "--data.init_args.batch_size", "16",
              "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
              "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.1"]
-    results = run_all([[*LIGHTNING, "fit", "--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), *quick]
-                       for name in ("linprobe", "finetune")], fitted)
-    for result, name in zip(results, ("linprobe", "finetune")):
+    names = ("linprobe", "finetune")
+    configs = {name: str(REPO_ROOT / "configs" / f"{name}.yaml") for name in names}
+    results = run_all([[*LIGHTNING, "fit", "--config", configs[name], *quick] for name in names], fitted)
+    for result, name in zip(results, names):
         assert_ok(result)
         assert (fitted / "runs" / name / "checkpoints" / "last.ckpt").is_file()
+        assert "testing the best checkpoint" in result.stdout and "runs/" + name in result.stdout
+        assert "test/acc_top1" in result.stdout and "test/acc_top5" in result.stdout
+
+    commands = [[*LIGHTNING, subcommand, "--config", configs[name], "--trainer.enable_progress_bar", "false",
+                 "--ckpt_path", f"runs/{name}/checkpoints/last.ckpt",
+                 "--trainer.logger.init_args.save_dir", f"logs_{subcommand}_{name}"]
+                for subcommand, name in (("validate", "linprobe"), ("test", "finetune"))]
+    validate, test = run_all(commands, fitted)
+    for result in (validate, test):
+        assert_ok(result)
+        assert "Restoring states from the checkpoint" in result.stdout + result.stderr
+    assert "val/acc_top1" in validate.stdout and "test/acc_top1" not in validate.stdout
+    assert "test/acc_top1" in test.stdout
