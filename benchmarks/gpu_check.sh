@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# lit-mae vs transformers on one H100/H200: about 4-5 minutes; each step capped, 7.7 minutes at most:
+#   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py)
+#   2. inference latency, base at 224 px, batches 1,2,4,8, eager and SDPA: fp32, then bf16 autocast
+#   3. pretraining steps, base at 224 px, bf16 autocast, SDPA: compile off, then compile on
+#
+#     bash benchmarks/gpu_check.sh                       # writes into ${OUT:-benchmarks/out}
+#     BATCH=32 TRAIN_REPEATS=30 bash benchmarks/gpu_check.sh
+#
+# A failing or timed-out step is recorded and the next one runs; the summary (status of every
+# step, then every table) is printed at the end and written to summary.md. The package need not
+# be installed (PYTHONPATH is the repository root); jsonargparse is not needed.
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+OUT_DIR="${OUT:-benchmarks/out}"
+PYTHON="${PYTHON:-python3}"
+BATCH="${BATCH:-64}"
+TRAIN_REPEATS="${TRAIN_REPEATS:-20}"
+INFER_REPEATS="${INFER_REPEATS:-30}"
+mkdir -p "$OUT_DIR"
+TABLES="$(mktemp -d)"  # tables land here and are gathered into summary.md (few files come back)
+STATUS=()
+FAILED=0
+
+# run_step NAME CAP_SECONDS COMMAND...: output to $OUT_DIR/NAME.log, status line into STATUS
+run_step() {
+    local name=$1 cap=$2 start=$SECONDS rc
+    shift 2
+    echo "== $name (cap ${cap}s): $*"
+    timeout -k 10 "$cap" "$@" >"$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    local verdict="ok"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT"; elif [ "$rc" -ne 0 ]; then verdict="FAILED"; fi
+    [ "$verdict" = "ok" ] || FAILED=$((FAILED + 1))
+    STATUS+=("| $name | $verdict (rc $rc) | $((SECONDS - start)) s | $name.log |")
+    echo "   $verdict (rc $rc) in $((SECONDS - start)) s"
+}
+
+run_step parity 80 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity_cuda.py tests/test_parity_hf.py
+
+for dtype in fp32 bf16; do
+    run_step "inference_$dtype" 55 "$PYTHON" benchmarks/inference.py --device cuda --preset base --img-size 224 \
+        --batches 1,2,4,8 --attn both --dtype "$dtype" --repeats "$INFER_REPEATS" --markdown "$TABLES/inference_$dtype.md"
+done
+
+for compile in off on; do
+    cap=$([ "$compile" = on ] && echo 200 || echo 70)  # on: two cold compiles
+    run_step "train_compile_$compile" "$cap" "$PYTHON" benchmarks/train_step.py --device cuda --presets base \
+        --img-size 224 --batch "$BATCH" --dtype bf16 --attn sdpa --compile "$compile" --repeats "$TRAIN_REPEATS" \
+        --markdown "$TABLES/train_compile_$compile.md"
+done
+
+{
+    echo "# gpu_check summary"
+    echo
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/GPU: /'
+    fi
+    "$PYTHON" -c "import sys, torch, transformers; print('python', sys.version.split()[0], '| torch', torch.__version__, '| transformers', transformers.__version__)" 2>&1
+    echo
+    echo "| step | result | time | log |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${STATUS[@]}"
+    echo
+    grep -E "^(FAILED|ERROR) " "$OUT_DIR/parity.log" 2>/dev/null | head -n 15
+    tail -n 1 "$OUT_DIR/parity.log" 2>/dev/null | sed 's/^/parity tests: /'
+    for table in inference_fp32 inference_bf16 train_compile_off train_compile_on; do
+        echo
+        if [ -s "$TABLES/$table.md" ]; then cat "$TABLES/$table.md"; else echo "($table: no table; see $table.log)"; fi
+    done
+    echo
+    echo "$FAILED step(s) failed or timed out."
+} | tee "$OUT_DIR/summary.md"
+
+rm -rf "$TABLES"
+exit $((FAILED > 0))

@@ -1,0 +1,78 @@
+"""The benchmark scripts run end to end (`--smoke`: a 32 px model) and print the promised tables.
+
+No timing is asserted: only that the tables have their rows and columns, that the measured numbers
+are finite and positive, and that both implementations start from the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a busy 2-core machine: no spinning
+
+
+def run_script(script: str, *args: str) -> str:
+    """stdout of `python benchmarks/<script> args...` from the repository root; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], cwd=REPO_ROOT, env={**os.environ, **ONE_THREAD},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def parse_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(headers, rows as {header: cell}) of the one markdown table in `text`."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
+    headers = split(lines[0])
+    assert set(lines[1].replace("|", "")) == {"-"}, lines[1]
+    return headers, [dict(zip(headers, split(line), strict=True)) for line in lines[2:]]
+
+
+def assert_positive(row: dict[str, str], columns: list[str]) -> None:
+    for column in columns:
+        value = float(row[column])
+        assert math.isfinite(value) and value > 0, (column, row)
+
+
+def test_train_step_smoke_prints_one_row_per_implementation(tmp_path):
+    markdown = tmp_path / "train.md"
+    out = run_script("train_step.py", "--smoke", "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    assert "device: CPU" in out and "torch " in out and "transformers " in out
+    headers, rows = parse_table(out)
+    assert headers == ["preset", "attention", "compile", "implementation", "step ms", "images/s", "lit/HF rate",
+                       "peak GiB", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"]
+    assert [(r["preset"], r["attention"], r["compile"], r["implementation"]) for r in rows] == [
+        ("smoke", "sdpa", "off", "lit-mae"), ("smoke", "sdpa", "off", "transformers")]
+    for row in rows:
+        assert_positive(row, ["step ms", "images/s", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"])
+        assert row["peak GiB"] == "n/a"  # not measured on CPU
+    lit, hf = rows
+    assert_positive(lit, ["lit/HF rate"])
+    assert lit["GFLOP/step"] == hf["GFLOP/step"]  # counted once per preset
+    assert abs(float(lit["loss@step0"]) - float(hf["loss@step0"])) <= 1e-4  # same weights, same noise
+
+
+def test_inference_smoke_prints_batches_by_attention(tmp_path):
+    markdown = tmp_path / "inference.md"
+    out = run_script("inference.py", "--smoke", "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    headers, rows = parse_table(out)
+    assert headers == ["batch", "attention", "lit-mae ms", "transformers ms", "speedup (HF/lit)"]
+    assert [(r["batch"], r["attention"]) for r in rows] == [("1", "eager"), ("1", "sdpa"), ("2", "eager"), ("2", "sdpa")]
+    for row in rows:
+        assert_positive(row, ["lit-mae ms", "transformers ms", "speedup (HF/lit)"])
+
+
+def test_gpu_check_script_parses():
+    script = REPO_ROOT / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
