@@ -1,5 +1,8 @@
 """LightningDataModules and transforms (installed as `lit_mae.datamodules`)."""
 
+from lit_mae.datamodules.base import BaseImageDataModule
 from lit_mae.datamodules.digits import DigitsDataModule
+from lit_mae.datamodules.image_folder import ImageFolderDataModule
+from lit_mae.datamodules.transforms import RECIPES, Augment
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["Augment", "BaseImageDataModule", "DigitsDataModule", "ImageFolderDataModule", "RECIPES"]

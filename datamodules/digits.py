@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lit_mae.datamodules.base import check_fractions, plain_augment, split_indices
 from lit_mae.datamodules.transforms import AugmentOption, ImageTransform, resolve_augment, train_transform
 
 
@@ -21,13 +21,6 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # values are 0..16
     return images, torch.from_numpy(digits.target).long()
-
-
-def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Seeded permutation of range(n) cut into (train, val, test) by the val and test fractions."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
-    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
 class AugmentedImages(Dataset):
@@ -77,13 +70,9 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(f"DigitsDataModule.image_size must be at least 8, got {image_size}")
         if channels not in (1, 3):
             raise ValueError(f"DigitsDataModule.channels must be 1 or 3, got {channels}")
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(
-                f"DigitsDataModule: val_fraction={val_fraction} and test_fraction={test_fraction} "
-                "must be in [0, 1) and leave some training data"
-            )
+        check_fractions("DigitsDataModule", val_fraction, test_fraction)
         self.augment = resolve_augment(augment)
-        augment = dataclasses.asdict(self.augment) if self.augment else None  # saved as plain data
+        augment = plain_augment(self.augment)  # saved as plain data
         self.save_hyperparameters()  # reads the arguments from this frame's locals
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.num_workers, self.seed = num_workers, seed

@@ -9,6 +9,11 @@ Training recipes, as `Augment` values in `RECIPES`:
 
 Evaluation: resize the short side to size / 0.875 (bicubic), center crop, normalise.
 Every field is configurable; DataModules take `augment: <recipe name> | Augment | null`.
+
+Two forms of each: `train_transform` / `eval_transform` map PIL images to normalised floats (the
+reference form); `pipeline` / `EvalPipeline` map a file path or a uint8 (C, H, W) tensor to uint8
+(C, S, S), decoding only what the crop needs, and leave normalising to the batch on the device.
+Recipes with RandAugment or random erasing run the PIL form inside the pipeline (they need PIL).
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Union, get_args
 
+from pathlib import Path
+
+import torch
 from PIL import Image, ImageOps
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from lit_mae.datamodules.images import Box, load_pil, read_image
 
 # timm's RandAugment policy strings: "rand" then numeric sections (magnitude, layers, noise, ...)
 _RAND_AUGMENT = re.compile(r"rand(-(m|n|mstd|mmax|inc|p)\d+(\.\d+)?)*")
@@ -139,3 +150,72 @@ def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], c
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+
+
+Source = Union[str, Path, Tensor]  # an image file, or uint8 pixels (C, H, W)
+Pipeline = Callable[[Source], Tensor]
+
+
+class CropAndFlip:
+    """RandomResizedCrop + optional flip on uint8, drawing from torch's RNG exactly as torchvision's
+    `RandomResizedCrop` and `RandomHorizontalFlip` do (same seed, same crop and flip)."""
+
+    def __init__(self, augment: Augment, size: int, channels: int = 3) -> None:
+        self.augment, self.size, self.channels = augment, (size, size), channels
+        self.mode = _mode(augment.interpolation)
+
+    def plan(self, height: int, width: int) -> Box:
+        if self.augment.crop_scale is None:
+            return 0, 0, height, width
+        shape_only = torch.empty(1, 1, 1).expand(1, height, width)  # get_params reads the size
+        return T.RandomResizedCrop.get_params(shape_only, list(self.augment.crop_scale), [3 / 4, 4 / 3])
+
+    def __call__(self, source: Source) -> Tensor:
+        if isinstance(source, Tensor):
+            pixels = TF.resized_crop(source, *self.plan(*source.shape[-2:]), list(self.size),
+                                     interpolation=self.mode, antialias=True)
+        else:
+            pixels = read_image(source, self.channels, self.plan, self.size, self.mode)
+        if self.augment.hflip and torch.rand(1) < 0.5:
+            pixels = pixels.flip(-1)
+        return pixels  # uint8 (C, S, S)
+
+
+class PILPipeline:
+    """A PIL-image transform (e.g. `train_transform` with RandAugment) applied to a file or uint8 tensor."""
+
+    def __init__(self, transform: ImageTransform, channels: int = 3) -> None:
+        self.transform, self.channels = transform, channels
+
+    def __call__(self, source: Source) -> Tensor:
+        if isinstance(source, Tensor):
+            image = TF.to_pil_image(source)
+        else:
+            image = load_pil(source, self.channels)
+        return self.transform(image)
+
+
+class EvalPipeline:
+    """Evaluation on uint8: short side to size / crop_pct (bicubic, antialiased), center crop."""
+
+    def __init__(self, size: int, channels: int = 3, crop_pct: float = 0.875,
+                 interpolation: Interpolation = "bicubic") -> None:
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        self.size, self.channels, self.resize = size, channels, int(size / crop_pct)
+        self.mode = _mode(interpolation)
+
+    def __call__(self, source: Source) -> Tensor:
+        pixels = source if isinstance(source, Tensor) else read_image(source, self.channels)
+        pixels = TF.resize(pixels, self.resize, interpolation=self.mode, antialias=True)
+        return TF.center_crop(pixels, [self.size, self.size])  # uint8 (C, S, S)
+
+
+def pipeline(augment: Augment | None, size: int, channels: int, mean: tuple[float, ...],
+             std: tuple[float, ...], crop_pct: float = 0.875) -> Pipeline:
+    """The training pipeline of `augment` (the evaluation one for None): uint8 out where it can be."""
+    if augment is None:
+        return EvalPipeline(size, channels, crop_pct)
+    if augment.rand_augment or augment.random_erasing > 0:
+        return PILPipeline(train_transform(augment, size, mean, std), channels)
+    return CropAndFlip(augment, size, channels)

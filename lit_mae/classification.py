@@ -201,8 +201,9 @@ class LitLinearProbe(LitClassifier):
         if not isinstance(loader, DataLoader):
             return loader  # several loaders: served as they are
         if hook not in self._features:
-            context = self.trainer.precision_plugin.forward_context
-            self._features[hook] = encode_dataset(loader, self.model.forward_features, self.device, context)
+            self._features[hook] = encode_dataset(loader, self.model.forward_features,
+                                                  self.trainer.strategy.batch_to_device,
+                                                  self.trainer.precision_plugin.forward_context)
         return loader_like(loader, *self._features[hook])
 
 

@@ -22,21 +22,24 @@ def _labels_of(batch: Any) -> Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(loader: DataLoader, encode: Callable[[Tensor], Tensor], device: torch.device,
+def encode_dataset(loader: DataLoader, encode: Callable[[Tensor], Tensor],
+                   to_device: Callable[[Any], Any] = lambda batch: batch,
                    context: Callable[[], ContextManager] = contextlib.nullcontext) -> tuple[Tensor, Tensor]:
     """(N, D) float32 features and (N,) labels of `loader.dataset`, in dataset order, on the CPU.
 
     Iterates a copy of `loader` without shuffling and with its own generator, so the global RNG
-    (which draws the training order) is left as it was.
+    (which draws the training order) is left as it was. `to_device` moves a batch as the Trainer
+    does (with the DataModule's transfer hooks, e.g. normalising uint8 images).
     """
     ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False,
                          num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                          pin_memory=loader.pin_memory, generator=torch.Generator())
     features, labels = [], []
     for batch in ordered:
+        batch = to_device(batch)
         with context():
-            features.append(encode(batch[0].to(device)).float().cpu())  # (B, D)
-        labels.append(_labels_of(batch))
+            features.append(encode(batch[0]).float().cpu())  # (B, D)
+        labels.append(_labels_of(batch).cpu())
     return torch.cat(features), torch.cat(labels)
 
 

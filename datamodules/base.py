@@ -1,0 +1,158 @@
+"""What image DataModules share: loaders, skipping unreadable files, normalising on the device.
+
+Datasets yield `(pixels, label)` with uint8 pixels (C, S, S) (or already normalised floats from
+PIL-based recipes) and label -1 when there are none. A corrupt file yields None instead: the
+collate function drops it and counts it, and `on_after_batch_transfer` turns the batch into
+`(images, labels)` with float images normalised by `mean`/`std`, on the device the model is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from lit_mae.datamodules.images import UnreadableImageError
+from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pipeline, resolve_augment
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageSamples(Dataset):
+    """`(source, label)` pairs (a file path or uint8 pixels) read through `load`.
+
+    An unreadable file gives None (dropped and counted by `collate_skipping`) with one warning
+    naming it, or raises `UnreadableImageError` when `strict`.
+    """
+
+    def __init__(self, sources: Sequence[Any], labels: Sequence[int], load: Pipeline, strict: bool = False) -> None:
+        if len(sources) != len(labels):
+            raise ValueError(f"{len(sources)} images but {len(labels)} labels")
+        self.sources, self.labels, self.load, self.strict = sources, labels, load, strict
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        try:
+            return self.load(self.sources[index]), int(self.labels[index])
+        except UnreadableImageError as error:
+            if self.strict:
+                raise
+            if error.path not in self._warned:
+                self._warned.add(error.path)
+                warnings.warn(f"skipping {error} (set strict: true to stop instead)", stacklevel=2)
+            return None
+
+
+def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor, Tensor]:
+    """(pixels (B, C, S, S), labels (B,), number of unreadable samples dropped ()) of a batch."""
+    kept = [sample for sample in samples if sample is not None]
+    if not kept:
+        raise UnreadableImageError("(a whole batch)", f"all {len(samples)} images of the batch are unreadable")
+    pixels, labels = default_collate(kept)
+    return pixels, labels, torch.tensor(len(samples) - len(kept))
+
+
+class BaseImageDataModule(LightningDataModule):
+    """Loaders and the device-side normalisation for DataModules built on `ImageSamples`.
+
+    Subclasses fill `self.splits` ("train", "val", "test", optionally "predict") in `setup`.
+    `skipped_files` counts the unreadable files dropped so far in this process; each change is
+    logged as `data/skipped_files` to the Trainer's logger.
+    """
+
+    num_classes: int | None = None
+    class_names: list[str] = []
+
+    def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int, pin_memory: bool,
+                 persistent_workers: bool, augment: AugmentOption | dict, mean: Sequence[float],
+                 std: Sequence[float], crop_pct: float, strict: bool) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if image_size < 1 or channels not in (1, 3) or batch_size < 1 or num_workers < 0:
+            raise ValueError(f"{name}: image_size={image_size}, channels={channels} (1 or 3), "
+                             f"batch_size={batch_size}, num_workers={num_workers} must be positive")
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"{name}: mean {tuple(mean)} and std {tuple(std)} need {channels} values (channels)")
+        self.augment = resolve_augment(augment)
+        self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.mean, self.std, self.crop_pct, self.strict = tuple(mean), tuple(std), crop_pct, strict
+        self.splits: dict[str, Dataset] = {}
+        self.skipped_files = 0
+
+    def train_pipeline(self) -> Pipeline:
+        return pipeline(self.augment, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
+
+    def eval_pipeline(self) -> Pipeline:
+        return pipeline(None, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise ValueError(f"{type(self).__name__} has no {split!r} split (has {sorted(self.splits)})")
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          persistent_workers=self.persistent_workers, collate_fn=collate_skipping,
+                          drop_last=shuffle and len(self.splits[split]) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if "val" in self.splits else []  # [] : no validation
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict" if "predict" in self.splits else "test", shuffle=False)
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """uint8 (B, C, H, W) -> float normalised; float input is already normalised."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1) * 255
+        return (pixels.float() - mean) / std
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
+            return batch
+        pixels, labels, skipped = batch
+        if int(skipped):
+            self._count_skipped(int(skipped))
+        return self.normalise(pixels), labels
+
+    def _count_skipped(self, count: int) -> None:
+        self.skipped_files += count
+        trainer = self.trainer
+        if trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics({"data/skipped_files": float(self.skipped_files)}, step=trainer.global_step)
+
+
+def plain_augment(augment: Augment | None) -> dict | None:
+    """An Augment as plain data, for hyper-parameters that checkpoints store and loggers write."""
+    return dataclasses.asdict(augment) if augment is not None else None
+
+
+def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A seeded permutation of range(n) cut into (train, val, test) by the val and test fractions."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def check_fractions(name: str, val_fraction: float, test_fraction: float) -> None:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"{name}: val_fraction={val_fraction} and test_fraction={test_fraction} "
+                         "must be in [0, 1) and leave some training data")
+

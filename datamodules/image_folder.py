@@ -1,0 +1,121 @@
+"""Your own images: a class-per-folder tree (ImageNet layout) or an unlabelled folder, any nesting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+from lit_mae.datamodules.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BaseImageDataModule,
+    ImageSamples,
+    check_fractions,
+    plain_augment,
+    split_indices,
+)
+from lit_mae.datamodules.images import IMAGE_SUFFIXES
+from lit_mae.datamodules.transforms import AugmentOption
+
+LabelSource = Literal["folders", "none"]
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file under `root`, recursively (following links), in a stable sorted order."""
+    found = []
+    for directory, subdirectories, files in os.walk(root, followlinks=True):
+        subdirectories.sort()
+        found += [Path(directory, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+    return found
+
+
+def _existing_folder(root: str | Path, field: str) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"ImageFolderDataModule.{field}: folder {path} does not exist")
+    return path
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class names of a class-per-folder tree: its sub-folders that hold images, sorted."""
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [name for name in names if find_images(root / name)]
+
+
+def list_samples(root: Path, labels: LabelSource, classes: list[str] | None, field: str
+                 ) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of a folder; `classes` fixes the names' order (val/test roots)."""
+    if labels == "none":
+        files = find_images(root)
+        if not files:
+            raise ValueError(f"ImageFolderDataModule.{field}: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        return files, [-1] * len(files), []
+    names = class_folders(root)
+    if not names:
+        raise ValueError(f"ImageFolderDataModule.{field}: no class folders with images under {root} "
+                         "(expected root/<class>/<image>; for an unlabelled folder set labels: none)")
+    classes = classes or names
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise ValueError(f"ImageFolderDataModule.{field}: class folders {unknown} under {root} are not "
+                         f"classes of the training folder ({len(classes)} classes)")
+    files, targets = [], []
+    for name in names:
+        found = find_images(root / name)
+        files += found
+        targets += [classes.index(name)] * len(found)
+    return files, targets, classes
+
+
+class ImageFolderDataModule(BaseImageDataModule):
+    """Images from folders, as `(images, labels)` batches (labels -1 when unlabelled).
+
+    `root` holds the training images: with `labels: folders` one sub-folder per class
+    (root/<class>/**/<image>), with `labels: none` any tree of images (for pretraining). Val and
+    test come from `val_root` / `test_root` when given, else from a split of `root` seeded by
+    `seed` (`val_fraction`, `test_fraction`). Any image mode (grayscale, palette, RGBA, CMYK,
+    16-bit, EXIF-rotated) is read as upright RGB, or L with `channels: 1`. Unreadable files are
+    skipped with a warning and counted (`strict: true` stops instead).
+
+    `augment` is the training recipe (`pretrain`, `linprobe`, `finetune`, an Augment, or null);
+    evaluation resizes to image_size / crop_pct and center-crops.
+    """
+
+    def __init__(self, root: str, labels: LabelSource = "folders", val_root: str | None = None,
+                 test_root: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0,
+                 seed: int = 0, image_size: int = 224, channels: int = 3, augment: AugmentOption = "pretrain",
+                 batch_size: int = 64, num_workers: int = 8, pin_memory: bool = True,
+                 persistent_workers: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, crop_pct: float = 0.875, strict: bool = False) -> None:
+        if channels == 1 and tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:
+            mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+        super().__init__(image_size, channels, batch_size, num_workers, pin_memory, persistent_workers,
+                         augment, mean, std, crop_pct, strict)
+        if labels not in ("folders", "none"):
+            raise ValueError(f"ImageFolderDataModule.labels must be 'folders' or 'none', got {labels!r}")
+        check_fractions("ImageFolderDataModule", val_fraction, test_fraction)
+        self.root, self.labels, self.val_root, self.test_root = root, labels, val_root, test_root
+        self.fractions, self.seed = (val_fraction, test_fraction), seed
+        augment = plain_augment(self.augment)  # saved as plain data
+        self.save_hyperparameters()  # reads the arguments from this frame's locals
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        files, targets, classes = list_samples(_existing_folder(self.root, "root"), self.labels, None, "root")
+        self.class_names = classes
+        self.num_classes = len(classes) if classes else None
+        train, val, test = split_indices(len(files), self.fractions, self.seed)
+        parts = {"train": train.tolist(), "val": val.tolist(), "test": test.tolist()}
+        samples = {name: ([files[i] for i in idx], [targets[i] for i in idx]) for name, idx in parts.items()}
+        for split, root in (("val", self.val_root), ("test", self.test_root)):
+            if root is not None:
+                folder = _existing_folder(root, f"{split}_root")
+                found, found_targets, _ = list_samples(folder, self.labels, classes, f"{split}_root")
+                samples[split] = (found, found_targets)
+        train_load, eval_load = self.train_pipeline(), self.eval_pipeline()
+        for split, (split_files, split_targets) in samples.items():
+            if split_files:
+                load = train_load if split == "train" else eval_load
+                self.splits[split] = ImageSamples(split_files, split_targets, load, self.strict)
