@@ -52,13 +52,15 @@ class ImageSamples(Dataset):
             return None
 
 
-def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor, Tensor]:
-    """(pixels (B, C, S, S), labels (B,), number of unreadable samples dropped ()) of a batch."""
+def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor, int]:
+    """(pixels (B, C, S, S), labels (B,), number of unreadable samples dropped) of a batch.
+
+    The count stays a Python int: reading it never waits for the device."""
     kept = [sample for sample in samples if sample is not None]
     if not kept:
         raise UnreadableImageError("(a whole batch)", f"all {len(samples)} images of the batch are unreadable")
     pixels, labels = default_collate(kept)
-    return pixels, labels, torch.tensor(len(samples) - len(kept))
+    return pixels, labels, len(samples) - len(kept)
 
 
 class BaseImageDataModule(LightningDataModule):
@@ -128,7 +130,7 @@ class BaseImageDataModule(LightningDataModule):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
             return batch
         pixels, labels, skipped = batch
-        if int(skipped):
+        if skipped:
             self._count_skipped(int(skipped))
         return self.normalise(pixels), labels
 

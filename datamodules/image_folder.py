@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -22,11 +23,13 @@ LabelSource = Literal["folders", "none"]
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every image file under `root`, recursively (following links), in a stable sorted order."""
+    """Every image file under `root`, recursively (following links, skipping hidden files and
+    folders), in a stable sorted order."""
     found = []
     for directory, subdirectories, files in os.walk(root, followlinks=True):
-        subdirectories.sort()
-        found += [Path(directory, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))  # no .thumbnails etc.
+        found += [Path(directory, f) for f in sorted(files)
+                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]  # nor macOS ._ files
     return found
 
 
@@ -40,7 +43,10 @@ def _existing_folder(root: str | Path, field: str) -> Path:
 def class_folders(root: Path) -> list[str]:
     """The class names of a class-per-folder tree: its sub-folders that hold images, sorted."""
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return [name for name in names if find_images(root / name)]
+    empty = [name for name in names if not find_images(root / name)]
+    if empty:
+        warnings.warn(f"{root}: class folders without images are not classes: {empty}", stacklevel=2)
+    return [name for name in names if name not in empty]
 
 
 def list_samples(root: Path, labels: LabelSource, classes: list[str] | None, field: str
@@ -95,6 +101,10 @@ class ImageFolderDataModule(BaseImageDataModule):
         if labels not in ("folders", "none"):
             raise ValueError(f"ImageFolderDataModule.labels must be 'folders' or 'none', got {labels!r}")
         check_fractions("ImageFolderDataModule", val_fraction, test_fraction)
+        for folder, fraction, split in ((val_root, val_fraction, "val"), (test_root, test_fraction, "test")):
+            if folder is not None and fraction > 0:
+                raise ValueError(f"ImageFolderDataModule: give {split}_root ({folder}) or {split}_fraction "
+                                 f"({fraction}), not both (the fraction would be taken from training unused)")
         self.root, self.labels, self.val_root, self.test_root = root, labels, val_root, test_root
         self.fractions, self.seed = (val_fraction, test_fraction), seed
         augment = plain_augment(self.augment)  # saved as plain data

@@ -6,7 +6,6 @@ device (`ImageDataModule.on_after_batch_transfer`), so workers never touch float
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -85,7 +84,8 @@ def read_image(path: str | Path, channels: int = 3, plan: CropPlan | None = None
                 scale = _draft_scale(box, size)
                 if scale > 1:
                     full_height, full_width = image.height, image.width
-                    image.draft(image.mode, (math.ceil(full_width / scale), math.ceil(full_height / scale)))
+                    # Pillow picks the reduction as size // requested: ask for exactly 1/scale
+                    image.draft(image.mode, (full_width // scale, full_height // scale))
                     ratio_y, ratio_x = image.height / full_height, image.width / full_width
                     top, left, height, width = box
                     box = (round(top * ratio_y), round(left * ratio_x),
