@@ -91,6 +91,7 @@ class BaseImageDataModule(LightningDataModule):
         self.mean, self.std, self.crop_pct, self.strict = tuple(mean), tuple(std), crop_pct, strict
         self.splits: dict[str, Dataset] = {}
         self.skipped_files = 0
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def train_pipeline(self) -> Pipeline:
         return pipeline(self.augment, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
@@ -122,9 +123,16 @@ class BaseImageDataModule(LightningDataModule):
         """uint8 (B, C, H, W) -> float normalised; float input is already normalised."""
         if pixels.dtype != torch.uint8:
             return pixels
-        mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1) * 255
-        return (pixels.float() - mean) / std
+        mean, std = self._statistics(pixels.device)
+        return pixels.float().sub_(mean).div_(std)  # one float copy of the batch
+
+    def _statistics(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """mean and std x 255 as (1, C, 1, 1) tensors on `device`, made once per device."""
+        if device not in self._on_device:
+            scale = torch.tensor(255.0)
+            self._on_device[device] = tuple(
+                (torch.tensor(values) * scale).view(1, -1, 1, 1).to(device) for values in (self.mean, self.std))
+        return self._on_device[device]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 3):

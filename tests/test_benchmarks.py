@@ -76,3 +76,25 @@ def test_gpu_check_script_parses():
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
+
+def test_dataloading_smoke_times_both_pipelines(tmp_path):
+    markdown, images = tmp_path / "dataloading.md", tmp_path / "jpegs"
+    out = run_script("dataloading.py", "--smoke", "--dir", str(images), "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    assert "torchvision " in out and "Pillow " in out and "Pillow-SIMD" in out
+    assert len(list(images.glob("class_*/*.jpg"))) == 40  # 10 class folders of generated JPEGs
+    throughput, per_image = [parse_table(block) for block in out.split("\n\n") if block.startswith("|")]
+    headers, rows = throughput
+    assert headers == ["workers", "pipeline", "images/s", "images/s per worker", "lit/official", "CPU ms per image",
+                       "lit/official per CPU s", "min-max images/s"]
+    assert [(r["workers"], r["pipeline"]) for r in rows] == [("0", "official"), ("0", "lit-mae")]
+    for row in rows:
+        assert_positive(row, ["images/s", "images/s per worker"])
+        assert row["images/s"] == row["images/s per worker"]  # workers 0: the main process is the one worker
+        assert float(row["CPU ms per image"]) >= 0  # 10 ms ticks: a smoke run may see none
+    assert_positive(rows[1], ["lit/official"])
+    assert float(rows[1]["lit/official per CPU s"]) >= 0  # "inf" when lit-mae used less than a tick
+    headers, rows = per_image
+    assert [r["pipeline"] for r in rows] == ["official", "lit-mae"]
+    for row in rows:
+        assert_positive(row, [h for h in headers if h != "pipeline"])
