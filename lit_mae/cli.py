@@ -11,6 +11,7 @@ import difflib
 import importlib
 import inspect
 import re
+import sys
 from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -113,7 +114,15 @@ def run_cli(args: list[str] | None = None) -> LitMAECLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The console scripts' entry point (returns None: a console script exits with what it returns)."""
+    """The console scripts' entry point (returns None: a console script exits with what it returns).
+
+    `convert` is lit-mae's own subcommand (weights between formats); the rest is LightningCLI's."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["convert"]:
+        from lit_mae.interop.convert import main as convert_main
+
+        convert_main(argv[1:])
+        return
     run_cli(args)
 
 

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from lit_mae.interop import load_pretrained
 from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, preset_config
 from lit_mae.optim import param_groups_weight_decay, warmup_cosine_scheduler
 from lit_mae.training import effective_lr, images_of, schedule_steps, step_generator
@@ -38,6 +39,9 @@ class LitMAE(LightningModule):
         weight_decay, betas: AdamW settings (no decay on 1-D parameters and biases).
         warmup_epochs: linear warmup length (fractions allowed), then cosine to `min_lr`.
         mask_ratio: overrides the config's ratio for training and validation.
+        pretrained: start from released or earlier weights in any format `load_pretrained` reads
+            (official `.pth`, Hugging Face, timm, lit-mae checkpoints); the architecture is the
+            file's (with `overrides`), and an encoder-only file gets a fresh decoder (reported).
         mask_seed: masks come from (mask_seed, global step, rank), so a resumed run draws the
             masks an uninterrupted one would.
     """
@@ -55,17 +59,32 @@ class LitMAE(LightningModule):
         min_lr: float = 0.0,
         mask_ratio: float | None = None,
         mask_seed: int = 0,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
-        arch = resolve_config(config, preset, overrides)
-        if mask_ratio is not None:
-            arch = arch.replace(mask_ratio=mask_ratio)
+        if pretrained is not None:
+            if config is not None or preset is not None:
+                raise ValueError("LitMAE: `pretrained` brings its own architecture; drop `config`/`preset` "
+                                 "(change fields with `overrides`)")
+            ratio = {} if mask_ratio is None else {"mask_ratio": mask_ratio}
+            self.model = load_pretrained(pretrained, decoder="init", **{**(overrides or {}), **ratio})
+            arch = self.model.config
+        else:
+            arch = resolve_config(config, preset, overrides)
+            if mask_ratio is not None:
+                arch = arch.replace(mask_ratio=mask_ratio)
+            self.model = MaskedAutoencoderViT(arch)
         config = arch.to_dict() if config is not None else None  # plain data in the checkpoint
         self.save_hyperparameters()
-        self.model = MaskedAutoencoderViT(arch)
         self.base_lr, self.lr, self.min_lr = base_lr, lr, min_lr
         self.weight_decay, self.betas, self.warmup_epochs = weight_decay, tuple(betas), warmup_epochs
         self.mask_seed = mask_seed
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the checkpoint holds the weights: rebuild from the architecture, not from `pretrained`
+        hparams = checkpoint.get("hyper_parameters", {})
+        if hparams.get("pretrained") is not None:
+            hparams.update(pretrained=None, config=self.config.to_dict(), preset=None, overrides=None)
 
     @property
     def config(self) -> MAEConfig:
