@@ -116,12 +116,18 @@ def run_cli(args: list[str] | None = None) -> LitMAECLI:
 def main(args: list[str] | None = None) -> None:
     """The console scripts' entry point (returns None: a console script exits with what it returns).
 
-    `convert` is lit-mae's own subcommand (weights between formats); the rest is LightningCLI's."""
+    `convert` (weights between formats) and `visualize` (a reconstruction grid of image files) are
+    lit-mae's own subcommands; the rest is LightningCLI's."""
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["convert"]:
         from lit_mae.interop.convert import main as convert_main
 
         convert_main(argv[1:])
+        return
+    if argv[:1] == ["visualize"]:
+        from lit_mae.visualize import main as visualize_main
+
+        visualize_main(argv[1:])
         return
     run_cli(args)
 

@@ -1,0 +1,118 @@
+"""`ReconstructionGridLogger`: reconstruction grids of fixed validation images during pretraining."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from lit_mae.training import images_of
+from lit_mae.visualize import reconstruction_grid, save_png
+
+
+class ReconstructionGridLogger(Callback):
+    """Every `every_n_epochs` validations (and when training ends), a `reconstruction_grid` of the
+    first `num_images` validation images (captured once, so every grid shows the same images and
+    masks, drawn from `seed`).
+
+    The grid goes to TensorBoard (`add_image`), to any logger with a `log_image` method (as
+    W&B's), and to `<run directory>/<dirname>/epoch{N:03d}.png` (N the 0-based epoch). Pixels are
+    de-normalised with the DataModule's `mean`/`std`; without them the images are taken to be in
+    [0, 1] (a warning says so). Rank 0 only. Display only: a logger that takes no images, or any
+    failure, warns once and never stops training.
+    """
+
+    def __init__(self, every_n_epochs: int = 10, num_images: int = 8, mask_ratio: float | None = None,
+                 seed: int = 0, dirname: str = "reconstructions") -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError(f"ReconstructionGridLogger: every_n_epochs={every_n_epochs} and "
+                             f"num_images={num_images} must be at least 1")
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.mask_ratio, self.seed, self.dirname = mask_ratio, seed, dirname
+        self._images: list[Tensor] = []  # (b, C, H, W) chunks on the CPU, normalised as the model sees them
+        self._captured = False  # set after the first validation: the image set is then fixed
+        self._logged_step: int | None = None
+        self._warned: set[str] = set()
+
+    # --- capturing the images ----------------------------------------------------------------
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._captured or dataloader_idx != 0 or not trainer.is_global_zero:
+            return
+        have = sum(len(chunk) for chunk in self._images)
+        if have < self.num_images:
+            self._images.append(images_of(batch)[: self.num_images - have].detach().float().cpu())
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._captured = self._captured or bool(self._images)
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._log(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and self._logged_step != trainer.global_step:
+            self._log(trainer, pl_module, max(trainer.current_epoch - 1, 0))  # the epoch loop has moved on
+
+    # --- drawing and sending -----------------------------------------------------------------
+    def _log(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        if not self._images:
+            self._warn_once("no-images", "ReconstructionGridLogger: no validation images were seen, so there "
+                                         "is no reconstruction grid (is validation turned off?)")
+            return
+        self._logged_step = trainer.global_step
+        try:
+            grid = self._grid(trainer, pl_module)
+        except Exception as error:  # display only: never stop training
+            self._warn_once("grid", f"ReconstructionGridLogger: could not draw the grid ({error!r}); "
+                                    "training goes on without it")
+            return
+        tag = "val/reconstructions"
+        for logger in trainer.loggers:
+            self._send(logger, grid, tag, trainer.global_step)
+        run_dir = trainer.log_dir or trainer.default_root_dir
+        try:
+            save_png(grid, Path(run_dir) / self.dirname / f"epoch{epoch:03d}.png")
+        except Exception as error:
+            self._warn_once("png", f"ReconstructionGridLogger: could not write the PNG under {run_dir} "
+                                   f"({error!r}); training goes on without it")
+
+    def _grid(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        images = torch.cat(self._images)  # (B, C, H, W)
+        mean, std = self._statistics(trainer, images.shape[1])
+        model = getattr(pl_module, "model", pl_module)
+        return reconstruction_grid(model, images, mean, std, self.mask_ratio, self.seed)
+
+    def _statistics(self, trainer: Trainer, channels: int) -> tuple[Sequence[float], Sequence[float]]:
+        datamodule = getattr(trainer, "datamodule", None)
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        if mean and std:
+            return tuple(mean), tuple(std)
+        self._warn_once("statistics", "ReconstructionGridLogger: the DataModule has no `mean`/`std`; "
+                                      "assuming the validation images are pixels in [0, 1]")
+        return (0.0,) * channels, (1.0,) * channels
+
+    def _send(self, logger: Any, grid: Tensor, tag: str, step: int) -> None:
+        name = type(logger).__name__
+        try:
+            experiment = logger.experiment
+            if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
+                experiment.add_image(tag, grid, global_step=step, dataformats="CHW")
+            elif callable(getattr(logger, "log_image", None)):  # W&B, Neptune, ... : (H, W, C) arrays
+                logger.log_image(key=tag, images=[grid.permute(1, 2, 0).numpy()], step=step)
+            else:
+                self._warn_once(f"unsupported-{name}", f"ReconstructionGridLogger: {name} takes no images; "
+                                                       "the grids are only written as PNG files")
+        except Exception as error:
+            self._warn_once(f"failed-{name}", f"ReconstructionGridLogger: sending the grid to {name} failed "
+                                              f"({error!r}); training goes on without it")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=2)

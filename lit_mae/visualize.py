@@ -1,0 +1,161 @@
+"""Reconstruction grids, as in the MAE paper's figures: original | masked | reconstruction | pasted.
+
+`reconstruction_grid` draws one row per image; `save_png` writes it; `main` is
+`lit-mae visualize --ckpt CKPT --images a.jpg b.png --out grid.png`. Pure torch and PIL (the
+image reader and weight loader are imported when the command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from lit_mae.models.ops import patchify, unpatchify
+
+GREY = 0.5  # removed patches in the masked-input panel
+NORM_PIX_EPS = 1e-6  # as in `MaskedAutoencoderViT.forward_loss`
+
+
+def _as_pixels(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo the dataset normalisation: (B, C, H, W) normalised -> (B, C, H, W) in [0, 1] (not clamped)."""
+    C = images.shape[1]
+    if len(mean) != C or len(std) != C:
+        raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need {C} values (the images' channels)")
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, C, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, C, 1, 1)
+    return images * std_t + mean_t
+
+
+def predicted_images(images: Tensor, pred: Tensor, patch_size: int, norm_pix_loss: bool) -> Tensor:
+    """The model's prediction as normalised images (B, C, H, W) like `images`.
+
+    With `norm_pix_loss` each predicted patch (B, L, p*p*C) is in per-patch normalised space: it
+    is mapped back with the mean and variance of the TRUE patch (display only; the model never
+    sees them).
+    """
+    B, C, H, W = images.shape
+    if norm_pix_loss:
+        target = patchify(images, patch_size)  # (B, L, p*p*C)
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)  # unbiased, as the loss
+        pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
+    return unpatchify(pred, patch_size, (H // patch_size, W // patch_size), C)
+
+
+@torch.no_grad()
+def reconstruction_panels(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
+                          mask_ratio: float | None = None, seed: int = 0) -> Tensor:
+    """(4, B, C, H, W) float pixels in [0, 1]: original, masked input, reconstruction, pasted.
+
+    `model` is a `MaskedAutoencoderViT`; `images` (B, C, H, W) normalised with `mean`/`std`. The
+    mask comes from a CPU `torch.Generator` seeded by `seed` (the same on any device).
+    """
+    config = model.config
+    p = config.patch_size
+    weight = next(model.parameters())
+    images = images.to(device=weight.device, dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:  # in the weights' dtype (a bf16 model), the pixel arithmetic below in float32
+        out = model(images.to(weight.dtype), mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(seed))
+    finally:
+        model.train(was_training)
+    B, C, H, W = images.shape
+    grid = (H // p, W // p)
+    removed = out.mask.unsqueeze(-1).expand(-1, -1, p * p * C).to(images.dtype)  # (B, L, p*p*C)
+    removed = unpatchify(removed, p, grid, C)  # (B, C, H, W), 1 = removed
+    original = _as_pixels(images, mean, std)
+    recon = _as_pixels(predicted_images(images, out.pred.float(), p, config.norm_pix_loss), mean, std)
+    masked = original * (1 - removed) + GREY * removed
+    pasted = recon * removed + original * (1 - removed)
+    return torch.stack([original, masked, recon, pasted]).clamp(0, 1).cpu()
+
+
+def panels_to_grid(panels: Tensor, pad: int = 1) -> Tensor:
+    """(4, B, C, H, W) in [0, 1] -> uint8 (C, B*H + (B-1)*pad, 4*W + 3*pad); white separators."""
+    n_cols, B, C, H, W = panels.shape
+    canvas = torch.ones(C, B * (H + pad) - pad, n_cols * (W + pad) - pad)
+    for row in range(B):
+        for col in range(n_cols):
+            top, left = row * (H + pad), col * (W + pad)
+            canvas[:, top:top + H, left:left + W] = panels[col, row]
+    return (canvas * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def reconstruction_grid(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
+                        mask_ratio: float | None = None, seed: int = 0, pad: int = 1) -> Tensor:
+    """uint8 (C, B*H + (B-1)*pad, 4*W + 3*pad): a row per image of `images` (B, C, H, W), normalised
+    with `mean`/`std`: original | masked input (removed patches grey) | reconstruction |
+    reconstruction with the visible patches pasted back. A fixed mask drawn from `seed`."""
+    return panels_to_grid(reconstruction_panels(model, images, mean, std, mask_ratio, seed), pad)
+
+
+def save_png(grid: Tensor, path: str | Path, scale: int = 1) -> Path:
+    """Write a uint8 (C, H, W) grid (C = 1 or 3) as a PNG, upscaled `scale` times (nearest)."""
+    path = Path(path)
+    array = grid.detach().cpu().permute(1, 2, 0).numpy().astype(np.uint8)  # (H, W, C)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    if scale != 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+# --- the command ---------------------------------------------------------------------------------
+def read_images(paths: Sequence[str | Path], size: int, channels: int) -> Tensor:
+    """uint8 (B, C, size, size): the centre square of each file, resized (bicubic)."""
+    from lit_mae.datamodules.images import read_image
+
+    def centre_square(height: int, width: int) -> tuple[int, int, int, int]:
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    return torch.stack([read_image(p, channels, centre_square, (size, size)) for p in paths])
+
+
+def visualize_files(ckpt: str | Path, image_paths: Sequence[str | Path], out: str | Path,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    mask_ratio: float | None = None, seed: int = 0, scale: int = 1) -> Path:
+    """Load weights in any format (`load_pretrained`), draw the grid of the image files, write a PNG.
+
+    `mean`/`std` default to ImageNet's (for 3-channel models)."""
+    from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD
+    from lit_mae.interop import load_pretrained
+
+    model = load_pretrained(ckpt)
+    C = model.config.in_chans
+    mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+    std = tuple(std) if std is not None else IMAGENET_STD
+    if len(mean) != C or len(std) != C:
+        raise ValueError(f"the model has {C} channels: --mean {mean} and --std {std} need {C} values each")
+    pixels = read_images(image_paths, model.config.img_size, C).float() / 255  # (B, C, S, S)
+    images = (pixels - torch.tensor(mean).view(1, C, 1, 1)) / torch.tensor(std).view(1, C, 1, 1)
+    return save_png(reconstruction_grid(model, images, mean, std, mask_ratio, seed), out, scale)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lit-mae visualize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="weights in any format load_pretrained reads")
+    parser.add_argument("--images", required=True, nargs="+", help="image files, one grid row each")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the mask")
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help="default: ImageNet's")
+    parser.add_argument("--std", type=float, nargs="+", default=None, help="default: ImageNet's")
+    parser.add_argument("--scale", type=int, default=1, help="upscale the PNG (nearest) this many times")
+    args = parser.parse_args(argv)
+    try:
+        written = visualize_files(args.ckpt, args.images, args.out, args.mean, args.std, args.mask_ratio,
+                                  args.seed, args.scale)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"lit-mae visualize: error: {error}\n")
+    print(f"wrote {written}", file=sys.stderr)

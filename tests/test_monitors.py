@@ -1,0 +1,193 @@
+"""The representation monitors (online probe, kNN) and the prediction writer, on tiny CPU runs."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import seed_everything
+from torch.utils.data import Dataset, TensorDataset
+
+from lit_mae import MAEConfig
+from lit_mae.callbacks import EmbeddingWriter, KNNMonitor, OnlineLinearProbe, knn_predict
+from lit_mae.classification import LitLinearProbe
+from lit_mae.datamodules.digits import DigitsDataModule
+from lit_mae.pretrain import LitMAE
+from conftest import ImageDataModule, tiny_config_values
+
+MONITOR_LOGGER = "lit_mae.callbacks.monitors"
+
+
+def tiny_mae() -> LitMAE:
+    return LitMAE(config=MAEConfig(**tiny_config_values()), lr=1e-3, warmup_epochs=0)
+
+
+# ---- knn_predict ----------------------------------------------------------------------------------
+
+def _unit(*rows: tuple[float, float]) -> torch.Tensor:
+    return F.normalize(torch.tensor(rows), dim=1)
+
+
+def test_knn_predict_weights_votes_by_exp_similarity_over_temperature():
+    # similarities to the query (1, 0): 1.0 (class 0), 0.8 and 0.6 (class 1), 0.0 (class 0)
+    train = _unit((1.0, 0.0), (0.8, 0.6), (0.6, 0.8), (0.0, 1.0))
+    labels = torch.tensor([0, 1, 1, 0])
+    query = _unit((1.0, 0.0))
+    # k=3, T=1: class 0 gets e^1 = 2.72, class 1 gets e^0.8 + e^0.6 = 4.05 -> 1
+    assert math.exp(0.8) + math.exp(0.6) > math.exp(1.0)
+    assert knn_predict(train, labels, query, num_classes=2, k=3, temperature=1.0).tolist() == [1]
+    # k=3, T=0.2: e^5 = 148 against e^4 + e^3 = 75 -> 0 (the nearest neighbour outweighs two)
+    assert knn_predict(train, labels, query, num_classes=2, k=3, temperature=0.2).tolist() == [0]
+    assert knn_predict(train, labels, query, num_classes=2, k=1, temperature=1.0).tolist() == [0]
+    # k larger than the bank uses the whole bank: 3 votes of class 0's e^1 + e^0 vs class 1's 4.05
+    assert knn_predict(train, labels, query, num_classes=2, k=50, temperature=1.0).tolist() == [1]
+
+
+def test_knn_predict_recovers_well_separated_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(5, 16) * 10  # 5 classes, far apart in 16 dimensions
+    labels = torch.arange(5).repeat_interleave(40)  # (200,)
+    train = F.normalize(centres[labels] + torch.randn(200, 16, generator=generator), dim=1)
+    query_labels = torch.arange(5).repeat(7)  # (35,)
+    queries = F.normalize(centres[query_labels] + torch.randn(35, 16, generator=generator), dim=1)
+    predicted = knn_predict(train, labels, queries, num_classes=5, k=20, temperature=0.07, chunk_size=8)
+    assert torch.equal(predicted, query_labels)
+
+
+# ---- the monitors in a fit --------------------------------------------------------------------------
+
+def test_online_probe_and_knn_learn_digits_and_log(make_trainer):
+    seed_everything(0)
+    datamodule = DigitsDataModule(image_size=16, batch_size=64)
+    probe, knn = OnlineLinearProbe(lr=1e-2), KNNMonitor(every_n_epochs=1, k=10)
+    trainer = make_trainer(max_epochs=2, limit_val_batches=1.0, callbacks=[probe, knn])
+    trainer.fit(tiny_mae(), datamodule=datamodule)
+    metrics = trainer.callback_metrics
+    names = {"online_probe/train_acc", "online_probe/train_loss", "online_probe/val_acc", "knn/val_acc"}
+    assert names <= set(metrics)
+    assert metrics["online_probe/val_acc"] > 0.3  # chance is 0.1
+    assert metrics["online_probe/train_acc"] > 0.2  # the mean over the epoch, from a random head
+    assert metrics["knn/val_acc"] > 0.3
+
+
+def test_online_probe_sends_no_gradient_to_the_encoder(make_trainer):
+    """The same run with and without the probe ends with the same weights."""
+
+    def fit(callbacks: list) -> LitMAE:
+        seed_everything(0)
+        model = tiny_mae()
+        make_trainer(max_steps=3, callbacks=callbacks).fit(model, datamodule=ImageDataModule(kind="tuple"))
+        return model
+
+    probe = OnlineLinearProbe(num_classes=10)
+    with_probe, without = fit([probe]), fit([])
+    assert probe.active  # it did train
+    for (name, a), b in zip(with_probe.model.named_parameters(), without.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_online_probe_step_leaves_encoder_grads_untouched(make_trainer):
+    model = tiny_mae()
+    probe = OnlineLinearProbe(num_classes=10)
+    trainer = make_trainer(max_steps=1, callbacks=[probe])
+    trainer.fit(model, datamodule=ImageDataModule(kind="tuple"))
+    model.zero_grad(set_to_none=True)
+    model.log = lambda *args, **kwargs: None  # called outside the loop, which collects the logs
+    head_before = [p.clone() for p in probe.head.parameters()]
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    probe.on_train_batch_end(trainer, model, None, (images, labels), 0)
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, probe.head.parameters()))
+
+
+@pytest.mark.parametrize("case", ["no labels", "labels -1"])
+def test_monitors_switch_off_without_labels(make_trainer, caplog, case):
+    caplog.set_level(logging.INFO, logger=MONITOR_LOGGER)
+    if case == "no labels":
+        datamodule = ImageDataModule(kind="tensor")  # plain image tensors, no num_classes
+    else:
+        images = torch.randn(16, 3, 16, 16)
+        datamodule = ImageDataModule(dataset=TensorDataset(images, torch.full((16,), -1)))
+    probe, knn = OnlineLinearProbe(num_classes=10), KNNMonitor(every_n_epochs=1)
+    trainer = make_trainer(max_epochs=2, limit_val_batches=1.0, callbacks=[probe, knn])
+    trainer.fit(tiny_mae(), datamodule=datamodule)
+    assert not probe.active and not knn.enabled
+    assert not any(name.startswith(("online_probe/", "knn/")) for name in trainer.callback_metrics)
+    messages = [record.getMessage() for record in caplog.records if record.name == MONITOR_LOGGER]
+    assert sum("OnlineLinearProbe is off" in m for m in messages) == 1
+    assert sum("KNNMonitor is off" in m for m in messages) == 1
+
+
+def test_online_probe_off_without_num_classes(make_trainer, caplog):
+    caplog.set_level(logging.INFO, logger=MONITOR_LOGGER)
+    probe = OnlineLinearProbe()
+    make_trainer(max_steps=2, callbacks=[probe]).fit(tiny_mae(), datamodule=ImageDataModule(kind="tuple"))
+    assert not probe.active
+    assert any("num_classes" in r.getMessage() for r in caplog.records if r.name == MONITOR_LOGGER)
+
+
+# ---- EmbeddingWriter --------------------------------------------------------------------------------
+
+def _cls_features(model, images: torch.Tensor) -> torch.Tensor:
+    encoder = model.model.encoder
+    with torch.no_grad():
+        return encoder.pool(encoder.forward_features(images), "cls")
+
+
+@pytest.mark.parametrize("system", ["mae", "linear_probe"])
+def test_embedding_writer_writes_embeddings_logits_labels_indices(make_trainer, tmp_path, system):
+    seed_everything(0)
+    if system == "mae":
+        model = tiny_mae()
+    else:
+        model = LitLinearProbe(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10)
+    datamodule = DigitsDataModule(image_size=16, batch_size=50)
+    path = tmp_path / "out" / "predictions.pt"
+    make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=datamodule)
+
+    written = torch.load(path)
+    images, labels = datamodule.splits["test"].tensors  # the predict split, in order
+    n, width = len(labels), model.model.encoder.config.embed_dim
+    assert written["embeddings"].shape == (n, width)
+    assert torch.equal(written["indices"], torch.arange(n))
+    assert torch.equal(written["labels"], labels)
+    torch.testing.assert_close(written["embeddings"], _cls_features(model, images))
+    if system == "mae":
+        assert "logits" not in written
+    else:
+        assert written["logits"].shape == (n, 10)
+        with torch.no_grad():  # eval mode: the head's BatchNorm uses its running statistics
+            torch.testing.assert_close(written["logits"], model.eval().model.forward_head(written["embeddings"]))
+    assert "paths" not in written
+
+
+class FileImages(Dataset):
+    """Images with file-path `sources`, as `ImageSamples` has, and no labels (-1)."""
+
+    def __init__(self, n: int) -> None:
+        self.sources = [f"images/{i:03d}.png" for i in range(n)]
+        self.images = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], -1
+
+
+def test_embedding_writer_writes_paths_and_leaves_out_unlabelled(make_trainer, tmp_path):
+    class PredictFiles(ImageDataModule):
+        def predict_dataloader(self):
+            return self.val_dataloader()
+
+    dataset = FileImages(10)
+    path = tmp_path / "predictions.pt"
+    model = tiny_mae()
+    make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=PredictFiles(dataset=dataset))
+    written = torch.load(path)
+    assert written["paths"] == dataset.sources
+    assert "labels" not in written
+    torch.testing.assert_close(written["embeddings"], _cls_features(model, dataset.images))
