@@ -42,6 +42,8 @@ class LitMAE(LightningModule):
         pretrained: start from released or earlier weights in any format `load_pretrained` reads
             (official `.pth`, Hugging Face, timm, lit-mae checkpoints); the architecture is the
             file's (with `overrides`), and an encoder-only file gets a fresh decoder (reported).
+        compile: run training/validation steps through `torch.compile(model, fullgraph=True)` (the
+            same masks and losses; the first steps pay for compiling).
         mask_seed: masks come from (mask_seed, global step, rank), so a resumed run draws the
             masks an uninterrupted one would.
     """
@@ -60,6 +62,7 @@ class LitMAE(LightningModule):
         mask_ratio: float | None = None,
         mask_seed: int = 0,
         pretrained: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if pretrained is not None:
@@ -79,6 +82,8 @@ class LitMAE(LightningModule):
         self.base_lr, self.lr, self.min_lr = base_lr, lr, min_lr
         self.weight_decay, self.betas, self.warmup_epochs = weight_decay, tuple(betas), warmup_epochs
         self.mask_seed = mask_seed
+        # a plain attribute, not a submodule: the compiled wrapper must not enter the state dict
+        self._steps = torch.compile(self.model.forward, fullgraph=True) if compile else self.model.forward
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the checkpoint holds the weights: rebuild from the architecture, not from `pretrained`
@@ -94,8 +99,13 @@ class LitMAE(LightningModule):
         return self.model(images, **kwargs)
 
     def _loss(self, batch: object, stream: str, step: int) -> Tensor:
-        generator = step_generator(self.mask_seed, step, self.global_rank, stream)
-        return self.model(images_of(batch), generator=generator).loss
+        images = images_of(batch)
+        patch = self.config.patch_size
+        num_patches = (images.shape[-2] // patch) * (images.shape[-1] // patch)  # L
+        # drawn outside the model (what it would draw from this generator): compiled graphs take no generator
+        noise = torch.rand(images.shape[0], num_patches,
+                           generator=step_generator(self.mask_seed, step, self.global_rank, stream))
+        return self._steps(images, noise=noise).loss
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train", self.global_step)
