@@ -15,7 +15,8 @@ from lit_mae.callbacks.monitors import labels_of
 
 
 class EmbeddingWriter(BasePredictionWriter):
-    """Writes the predictions of one predict dataloader to `path` with `torch.save`, as a dict:
+    """Writes the predictions of one predict dataloader to `path` with `torch.save`, as a dict of
+    tensors, lists and strings (read it back with `torch.load(path, weights_only=True)`):
 
     - "embeddings": (N, D) float32, the `"embedding"` of each `predict_step` output
       (LitMAE: the cls token; classifiers: the pooled features before the head);

@@ -148,7 +148,7 @@ def test_embedding_writer_writes_embeddings_logits_labels_indices(make_trainer, 
     path = tmp_path / "out" / "predictions.pt"
     make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=datamodule)
 
-    written = torch.load(path)
+    written = torch.load(path, weights_only=True)  # plain tensors, lists and strings: no pickled code
     images, labels = datamodule.splits["test"].tensors  # the predict split, in order
     n, width = len(labels), model.model.encoder.config.embed_dim
     assert written["embeddings"].shape == (n, width)
@@ -187,7 +187,7 @@ def test_embedding_writer_writes_paths_and_leaves_out_unlabelled(make_trainer, t
     path = tmp_path / "predictions.pt"
     model = tiny_mae()
     make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=PredictFiles(dataset=dataset))
-    written = torch.load(path)
+    written = torch.load(path, weights_only=True)  # plain tensors, lists and strings: no pickled code
     assert written["paths"] == dataset.sources
     assert "labels" not in written
     torch.testing.assert_close(written["embeddings"], _cls_features(model, dataset.images))

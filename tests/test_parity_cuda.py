@@ -84,11 +84,16 @@ def true_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_fp32_forward_matches_transformers(attn):
+@pytest.fixture(params=["eager", "sdpa"])
+def pair(request) -> tuple[ViTMAEForPreTraining, MaskedAutoencoderViT, Tensor, Tensor]:
+    """(transformers model, lit-mae model with the same weights, images, noise) on the GPU."""
     device = torch.device("cuda")
-    hf, lit = same_weights_pair(attn, device)
-    images, noise = inputs(device)
+    hf, lit = same_weights_pair(request.param, device)
+    return (hf, lit, *inputs(device))
+
+
+def test_fp32_forward_matches_transformers(pair):
+    hf, lit, images, noise = pair
     with torch.no_grad():
         want, got = hf(images, noise=noise), lit(images, noise=noise)
     assert got.pred.device.type == "cuda"
@@ -109,12 +114,9 @@ def gradients_under_lit_names(hf: ViTMAEForPreTraining) -> dict[str, Tensor]:
     return dict(grads.named_parameters())
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_fp32_gradients_match_transformers(attn):
+def test_fp32_gradients_match_transformers(pair):
     """What the training benchmark times is the same work: every gradient agrees (q/k/v fused)."""
-    device = torch.device("cuda")
-    hf, lit = same_weights_pair(attn, device)
-    images, noise = inputs(device)
+    hf, lit, images, noise = pair
     hf(images, noise=noise).loss.backward()
     lit(images, noise=noise).loss.backward()
     want = gradients_under_lit_names(hf)
@@ -125,11 +127,8 @@ def test_fp32_gradients_match_transformers(attn):
         assert (got[name] - want[name]).abs().max().item() <= ATOL_PRED * scale, name
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_bf16_autocast_forward_matches_transformers(attn):
-    device = torch.device("cuda")
-    hf, lit = same_weights_pair(attn, device)
-    images, noise = inputs(device)
+def test_bf16_autocast_forward_matches_transformers(pair):
+    hf, lit, images, noise = pair
     with torch.no_grad():
         exact = hf(images, noise=noise)
         with torch.autocast("cuda", dtype=torch.bfloat16):
