@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from lit_mae.datamodules.images import UnreadableImageError
+from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
 from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pipeline, resolve_augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +64,7 @@ def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, 
     return pixels, labels, len(samples) - len(kept)
 
 
-class BaseImageDataModule(LightningDataModule):
+class BaseImageDataModule(ResumableTrainData, LightningDataModule):
     """Loaders and the device-side normalisation for DataModules built on `ImageSamples`.
 
     Subclasses fill `self.splits` ("train", "val", "test", optionally "predict") in `setup`.
@@ -73,6 +74,7 @@ class BaseImageDataModule(LightningDataModule):
 
     num_classes: int | None = None
     class_names: list[str] = []
+    seed: int = 0  # subclasses take it as an argument: the split, the training order and augmentation
 
     def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, augment: AugmentOption | dict, mean: Sequence[float],
@@ -100,12 +102,18 @@ class BaseImageDataModule(LightningDataModule):
         return pipeline(None, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The split's loader; shuffled (training) ones draw their order and augmentation from
+        (`seed`, epoch, index) and resume mid-epoch (`lit_mae.datamodules.sampling`)."""
         if split not in self.splits:
             raise ValueError(f"{type(self).__name__} has no {split!r} split (has {sorted(self.splits)})")
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.persistent_workers, collate_fn=collate_skipping,
-                          drop_last=shuffle and len(self.splits[split]) > self.batch_size)
+        dataset = self.splits[split]
+        settings = dict(num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                        persistent_workers=self.persistent_workers, collate_fn=collate_skipping)
+        if shuffle:
+            return train_loader(dataset, self.batch_size, self.seed, random_samples=self.augment is not None,
+                                resume_from=self.resume_position(), drop_last=len(dataset) > self.batch_size,
+                                **settings)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

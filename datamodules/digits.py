@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lit_mae.datamodules.base import check_fractions, plain_augment, split_indices
+from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
 from lit_mae.datamodules.transforms import AugmentOption, ImageTransform, resolve_augment, train_transform
 
 
@@ -38,12 +39,13 @@ class AugmentedImages(Dataset):
         return self.transform(image), self.labels[index]
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(ResumableTrainData, LightningDataModule):
     """scikit-learn's handwritten digits, upsampled, as `(images, labels)` batches; 10 classes.
 
     Images are bicubically upsampled from 8x8 to `image_size`, repeated to `channels` and
     normalised with the training split's mean and std (`self.mean`, `self.std`). The split is
-    fixed by `seed`: 80% train, 10% val, 10% test by default. Nothing is downloaded.
+    fixed by `seed`: 80% train, 10% val, 10% test by default; `seed` and the epoch also fix the
+    training order (and augmentation). Nothing is downloaded.
 
     `augment` (a recipe name of `lit_mae.datamodules.transforms`, an `Augment`, or null) turns on
     training augmentation: the training images are then kept as uint8 and transformed one by one
@@ -99,8 +101,11 @@ class DigitsDataModule(LightningDataModule):
             self.splits["train"] = AugmentedImages(pixels, labels[train], transform, self.channels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        settings = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # order and augmentation from (seed, epoch, index); resumes mid-epoch
+            return train_loader(self.splits[split], self.batch_size, self.seed, random_samples=self.augment is not None,
+                                resume_from=self.resume_position(), **settings)
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=False, **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -2,7 +2,8 @@
 
 With a frozen encoder and no augmentation every epoch sees the same features, so computing them
 once gives the same numbers as encoding every batch of every epoch. The cached loader keeps the
-original's batch size, shuffling, generator and drop_last, so it draws the same batch order.
+original's class, sampler, batch size, generator and drop_last, so it draws the same batch order
+(and resumes mid-epoch where the original would).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 
 def _labels_of(batch: Any) -> Tensor:
@@ -44,7 +45,15 @@ def encode_dataset(loader: DataLoader, encode: Callable[[Tensor], Tensor],
 
 
 def loader_like(loader: DataLoader, features: Tensor, labels: Tensor) -> DataLoader:
-    """A DataLoader over (features, labels) that batches and shuffles like `loader`."""
-    return DataLoader(TensorDataset(features, labels), batch_size=loader.batch_size,
-                      shuffle=isinstance(loader.sampler, RandomSampler), drop_last=loader.drop_last,
-                      generator=loader.generator)
+    """A DataLoader of `loader`'s class over (features, labels) that batches and shuffles like it.
+
+    The features are in dataset order, so `loader`'s own sampler (and batch sampler) draws the
+    same indices: the same order every epoch, and a resumable loader stays resumable."""
+    dataset = TensorDataset(features, labels)
+    # a loader that resumes mid-epoch (lit_mae.datamodules.sampling.ResumableDataLoader) takes its position
+    # as an argument, so that Lightning keeps it when it re-creates the loader for DDP
+    position = {"resume_from": loader.state_dict()} if hasattr(loader, "resume_from") else {}
+    if loader.batch_size is None:  # a custom batch sampler
+        return type(loader)(dataset, batch_sampler=loader.batch_sampler, generator=loader.generator, **position)
+    return type(loader)(dataset, batch_size=loader.batch_size, sampler=loader.sampler, drop_last=loader.drop_last,
+                        generator=loader.generator, **position)

@@ -98,12 +98,15 @@ def test_train_split_is_normalised_and_stats_are_recorded():
     assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
 
 
-def test_train_loader_shuffles_and_eval_loaders_do_not():
+def test_train_loader_shuffles_by_seed_and_epoch_and_eval_loaders_do_not():
     dm = _setup(image_size=8, channels=1, batch_size=1797)
-    torch.manual_seed(0)
-    first = next(iter(dm.train_dataloader()))[1]
-    second = next(iter(dm.train_dataloader()))[1]
-    assert not torch.equal(first, second)
+    loader = dm.train_dataloader()
+    first = next(iter(loader))[1]
+    assert not torch.equal(first, dm.splits["train"].tensors[1])  # shuffled
+    torch.manual_seed(1)  # the global RNG plays no part: the same (seed, epoch), the same order
+    assert torch.equal(next(iter(dm.train_dataloader()))[1], first)
+    loader.sampler.set_epoch(1)  # as Lightning does at each epoch start
+    assert not torch.equal(next(iter(loader))[1], first)
     assert torch.equal(next(iter(dm.val_dataloader()))[1], dm.splits["val"].tensors[1])
 
 

@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
-from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from conftest import tiny_config_values
 from lit_mae import LitMAE, MAEConfig
 from lit_mae.datamodules import ImageFolderDataModule
 from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD, collate_skipping
 from lit_mae.datamodules.images import UnreadableImageError
+from lit_mae.datamodules.sampling import EpochSampler
 
 SIZE = 16  # the tiny model's img_size
 
@@ -242,14 +244,19 @@ def test_the_train_loader_uses_the_sampler_lightning_replaces_for_ddp(tmp_path: 
     for i in range(10):
         write_image(tmp_path / f"{i}.png", i)
     dm = make_dm(tmp_path, labels="none", val_fraction=0.2)
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)  # Lightning swaps in a DistributedSampler
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, EpochSampler)  # Lightning wraps it in a DistributedSamplerWrapper
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     train = dm.splits["train"]
     assert len(train) == 8
-    shards = [list(DistributedSampler(train, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in (0, 1)]
+    shards = []
+    for rank in (0, 1):
+        wrapper = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        wrapper.set_epoch(1)
+        shards.append({index for index, _ in wrapper})  # (index, augmentation seed) keys
     assert len(shards[0]) == len(shards[1]) == 4
-    assert set(shards[0]).isdisjoint(shards[1])
-    assert set(shards[0]) | set(shards[1]) == set(range(len(train)))
+    assert shards[0].isdisjoint(shards[1])
+    assert shards[0] | shards[1] == set(range(len(train)))
 
 
 def test_worker_processes_yield_what_the_main_process_does(tmp_path: Path):

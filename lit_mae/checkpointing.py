@@ -1,0 +1,120 @@
+"""Checkpoint files that are whole or absent: written beside the target, synced, then renamed.
+
+Lightning 2.6's writer (`TorchCheckpointIO` through fsspec's transaction) stages the file in the
+system temporary folder and moves it into place without an fsync: a move across file systems is
+a copy, which a kill can leave half-written under the final name; and a permission error on that
+move is swallowed (no error, no file) or, across file systems, reported as a hint to upgrade
+fsspec (`lightning.fabric.utilities.cloud_io._atomic_save`). `AtomicCheckpointIO` writes
+`<dir>/.<name>.partial` in the checkpoint's own folder, fsyncs it, renames it over `<name>`
+(atomic on POSIX) and fsyncs the folder; on any OS error it removes the partial file and raises
+`CheckpointWriteError` naming the file, its folder and the error, leaving the previous file as
+it was. `replace_with_symlink` swaps a link the same way (Lightning removes `last.ckpt`, then
+creates the new link).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; `errno` is the OS error's (e.g. ENOSPC, EACCES)."""
+
+
+def is_local(path: str | Path) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where `path` is staged: a hidden file beside it (same file system, so the rename is atomic)."""
+    path = Path(str(path).removeprefix("file://"))
+    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
+    return CheckpointWriteError(error.errno, f"cannot write the checkpoint {path} (directory {path.parent}): "
+                                             f"{error.strerror or error}; any previous file there is unchanged")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call `write(file)` on a staging file beside `path`, fsync it and rename it to `path`."""
+    path = Path(str(path).removeprefix("file://"))
+    staging = partial_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(staging, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise _write_error(path, error) from error
+    _fsync_directory(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj, path)`, atomically (see `atomic_write`)."""
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def replace_with_symlink(target: str, link: str | Path) -> None:
+    """Point `link` at `target` (relative to the link's folder) in one rename; where symlinks are
+    not allowed (Windows without the privilege), an atomic copy of the target instead."""
+    link = Path(link)
+    staging = partial_path(link)
+    try:
+        if staging.is_symlink() or staging.exists():
+            staging.unlink()
+        os.symlink(target, staging)
+    except OSError:
+        atomic_write(link, lambda file: file.write((link.parent / target).read_bytes()))
+        return
+    try:
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        os.replace(staging, link)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise _write_error(link, error) from error
+    _fsync_directory(link.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` whose local files are written atomically and durably; a failure raises
+    `CheckpointWriteError` and leaves no partial file. Remote paths (s3:// ...) go to Lightning's
+    writer as before."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
+                            f" is not supported for `{type(self).__name__}`.")
+        if not is_local(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_torch_save(checkpoint, path)
