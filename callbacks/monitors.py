@@ -2,7 +2,9 @@
 
 Both read the encoder of the module (`pl_module.model.encoder`, as in `LitMAE` and the classifiers)
 on full, unmasked images, without gradients: pretraining, its masks and its random streams are left
-as they are. Both switch themselves off, with one info message, when the data carries no labels.
+as they are. Both switch themselves off, with one info message, when the data carries no labels,
+and under a strategy that shards the weights (FSDP, ModelParallel): they call the encoder outside
+the training step, where a sharded model's weights are not gathered.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import logging
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_mae.models.encoder import PoolKind
 from lit_mae.training import images_of
@@ -31,6 +36,26 @@ def labels_of(batch: object) -> Tensor | None:
             if isinstance(batch.get(key), Tensor):
                 return batch[key]
     return None
+
+
+def sharded_strategy(trainer: Trainer) -> str | None:
+    """The name of the Trainer's strategy when it shards the weights across ranks (FSDP,
+    ModelParallel), else None. Such a model runs only inside its wrapped forward, on every rank."""
+    if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        return type(trainer.strategy).__name__
+    return None
+
+
+def distributed(trainer: Trainer) -> bool:
+    """Several processes, and a process group to talk through."""
+    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def gather_rows(trainer: Trainer, tensor: Tensor) -> Tensor:
+    """(B, ...) of this rank -> (sum of B over ranks, ...), rank 0's rows first; sizes may differ."""
+    if not distributed(trainer):
+        return tensor
+    return torch.cat(gather_all_tensors(tensor.contiguous()))
 
 
 def encode(pl_module: LightningModule, images: Tensor, pool: PoolKind = "cls") -> Tensor:
@@ -55,9 +80,13 @@ class OnlineLinearProbe(Callback):
         lr, weight_decay: the head's AdamW settings.
         pool: "cls" or "avg" features.
 
-    Off (one info message) without `num_classes`, or when the training batches carry no labels
-    or only -1 (unlabelled); single -1 labels in a batch are ignored. Under DDP each rank trains
-    its own copy of the head on its shard; `val_acc` is averaged over ranks.
+    Off (one info message) without `num_classes`, when the training batches carry no labels or
+    only -1 (unlabelled; single -1 labels in a batch are ignored), and under FSDP/ModelParallel.
+
+    Under DDP each rank encodes its own shard, then the features (B, D) and labels of all ranks
+    are gathered (one all-gather of B x D floats per step), so every rank's head steps on the
+    global batch, as one process with the global batch would; the heads start from rank 0's
+    weights and stay identical. `val_acc` is averaged over ranks.
     """
 
     def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -79,6 +108,9 @@ class OnlineLinearProbe(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # built here rather than in `setup`: the module's encoder exists (a classifier builds its
         # model in `configure_model`) and sits on its device
+        if name := sharded_strategy(trainer):
+            self._switch_off(f"the encoder is sharded by {name}")
+            return
         num_classes = self.num_classes
         if num_classes is None:
             num_classes = getattr(trainer.datamodule, "num_classes", None)
@@ -88,6 +120,9 @@ class OnlineLinearProbe(Callback):
         width = pl_module.model.encoder.config.embed_dim  # D
         self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, num_classes))
         self.head.to(pl_module.device)
+        if distributed(trainer):  # one head for all ranks, whatever their random states
+            for tensor in self.head.state_dict().values():
+                dist.broadcast(tensor, src=0)
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _labelled(self, batch: object) -> tuple[Tensor, Tensor] | None:
@@ -98,27 +133,39 @@ class OnlineLinearProbe(Callback):
         keep = labels >= 0
         return images_of(batch)[keep], labels[keep]
 
+    def _global_batch(self, trainer: Trainer, pl_module: LightningModule, batch: object
+                      ) -> tuple[Tensor, Tensor] | None:
+        """(features (N, D), labels (N,)) of the labelled samples of every rank's batch; None: no labels."""
+        labels = labels_of(batch)
+        if labels is None:
+            return None
+        # the whole local batch, labelled or not, so that every rank sends the same shapes whatever
+        # its labels; the unlabelled rows are dropped after gathering
+        features = gather_rows(trainer, encode(pl_module, images_of(batch), self.pool))  # (N, D), detached
+        labels = gather_rows(trainer, labels)  # (N,)
+        keep = labels >= 0
+        return features[keep], labels[keep]
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self.active:
             return
-        labelled = self._labelled(batch)
+        labelled = self._global_batch(trainer, pl_module, batch)
         if labelled is None or len(labelled[1]) == 0:
             self._switch_off("the training batches carry no labels (or only -1)")
             return
-        images, labels = labelled
+        features, labels = labelled  # (N, D) detached, (N,): every rank's labelled samples
         if len(labels) < 2:
             return  # BatchNorm cannot train on one sample
-        features = encode(pl_module, images, self.pool)  # (B, D), detached
         self.head.train()
         with torch.enable_grad():
-            logits = self.head(features)  # (B, num_classes)
+            logits = self.head(features)  # (N, num_classes)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        # epoch means; under DDP reduced over ranks once, at the end of the epoch
+        # epoch means of the global batches (the same on every rank)
         pl_module.log("online_probe/train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels),
                       sync_dist=True)
         pl_module.log("online_probe/train_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels),
@@ -187,7 +234,7 @@ class KNNMonitor(Callback):
     Cost: one encoder forward of the training and validation sets each time it runs. Under DDP
     every rank encodes the whole of both sets (not its shard) and computes the same number, so the
     result is correct, and the work is repeated on each rank. Off (one info message) when the data
-    carries no labels (or only -1).
+    carries no labels (or only -1), and under FSDP/ModelParallel.
     """
 
     def __init__(self, every_n_epochs: int = 5, k: int = 20, temperature: float = 0.07,
@@ -233,6 +280,9 @@ class KNNMonitor(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if name := sharded_strategy(trainer):
+            self._switch_off(f"the encoder is sharded by {name}")
             return
         train_loader = _single_loader(trainer.train_dataloader)
         val_loader = _single_loader(trainer.val_dataloaders)

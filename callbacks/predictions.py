@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lit_mae.callbacks.monitors import labels_of
+from lit_mae.callbacks.monitors import distributed, labels_of
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -25,8 +26,10 @@ class EmbeddingWriter(BasePredictionWriter):
     - "indices": (N,) the dataset index of each row (map-style datasets; Lightning tracks them);
     - "paths": N strings, when the dataset has `sources` that are file paths (`ImageSamples`).
 
-    Rows are in prediction order; everything is on the CPU. Under DDP each rank writes its own
-    shard to `<stem>.rank<r><suffix>` (join them on "indices").
+    Rows are in prediction order; everything is on the CPU. Under DDP (Lightning gives each rank
+    every world_size-th sample, without repeats) rank 0 gathers every rank's rows and writes the
+    one file, its rows in dataset order (sorted on "indices", as one process predicts an
+    unshuffled set), duplicates dropped; rank 0 then holds all of them in memory at once.
     """
 
     def __init__(self, path: str | os.PathLike = "predictions.pt") -> None:
@@ -45,15 +48,39 @@ class EmbeddingWriter(BasePredictionWriter):
         self._labels.append(None if labels is None else labels.detach().cpu())
 
     def output_path(self, trainer: Trainer) -> Path:
-        if trainer.world_size == 1:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}.rank{trainer.global_rank}{self.path.suffix}")
+        """Where the predictions go: `path`, written by rank 0 alone."""
+        return self.path
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
+        shard = self._collect(predictions, batch_indices)
+        self._labels = []
+        if distributed(trainer):  # every rank takes part, whether or not it predicted anything
+            shards: list[dict[str, Tensor] | None] = [None] * trainer.world_size
+            dist.gather_object(shard, shards if trainer.is_global_zero else None, dst=0)
+            if not trainer.is_global_zero:
+                return
+            result = _merge([s for s in shards if s is not None])
+        else:
+            result = shard
+        if result is None:
+            return  # an empty predict set: nothing to write
+        if "labels" in result and not bool((result["labels"] >= 0).any()):
+            del result["labels"]  # all unlabelled
+        if "indices" in result:
+            sources = getattr(_dataset(trainer), "sources", None)
+            flat = result["indices"].tolist()
+            if sources is not None and all(isinstance(sources[i], (str, os.PathLike)) for i in flat):
+                result["paths"] = [str(sources[i]) for i in flat]
+        path = self.output_path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result, path)
+
+    def _collect(self, predictions: Sequence[Any], batch_indices: Sequence[Any]) -> dict[str, Tensor] | None:
+        """This rank's rows as {"embeddings", ["logits"], ["labels"], ["indices"]}; None when it has none."""
         outputs = [_as_dict(output) for output in predictions]
         if not outputs:
-            return  # an empty predict set: nothing to write
+            return None
         indices = [list(batch) for batch in (batch_indices[0] if batch_indices else [])]  # one dataloader
         if len(indices) != len(outputs):
             indices = []  # not a map-style DataLoader: Lightning tracked no indices
@@ -67,19 +94,26 @@ class EmbeddingWriter(BasePredictionWriter):
         if all("logits" in output for output in outputs):
             result["logits"] = torch.cat([output["logits"].detach().float().cpu() for output in outputs])
         if self._labels and all(labels is not None for labels in self._labels):
-            labels = torch.cat(self._labels)
-            if bool((labels >= 0).any()):
-                result["labels"] = labels
+            result["labels"] = torch.cat(self._labels)
         if indices:
-            flat = [int(i) for batch in indices for i in batch]
-            result["indices"] = torch.tensor(flat, dtype=torch.long)
-            sources = getattr(_dataset(trainer), "sources", None)
-            if sources is not None and all(isinstance(sources[i], (str, os.PathLike)) for i in flat):
-                result["paths"] = [str(sources[i]) for i in flat]
-        path = self.output_path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result, path)
-        self._labels = []
+            result["indices"] = torch.tensor([int(i) for batch in indices for i in batch], dtype=torch.long)
+        return result
+
+
+def _merge(shards: list[dict[str, Tensor]]) -> dict[str, Tensor] | None:
+    """The rows of every rank's shard in one dict: sorted on "indices" (first of duplicates kept)
+    when every shard has them, else in rank order. A key missing from one shard is left out."""
+    if not shards:
+        return None
+    keys = [key for key in shards[0] if all(key in shard for shard in shards)]
+    merged = {key: torch.cat([shard[key] for shard in shards]) for key in keys}
+    if "indices" in merged:
+        indices = merged["indices"]
+        order = torch.argsort(indices, stable=True)
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = indices[order][1:] != indices[order][:-1]
+        merged = {key: value[order[first]] for key, value in merged.items()}
+    return merged
 
 
 def _as_dict(output: Any) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from lit_mae.callbacks.monitors import sharded_strategy
 from lit_mae.training import images_of
 from lit_mae.visualize import reconstruction_grid, save_png
 
@@ -22,8 +23,12 @@ class ReconstructionGridLogger(Callback):
     The grid goes to TensorBoard (`add_image`), to any logger with a `log_image` method (as
     W&B's), and to `<run directory>/<dirname>/epoch{N:03d}.png` (N the 0-based epoch). Pixels are
     de-normalised with the DataModule's `mean`/`std`; without them the images are taken to be in
-    [0, 1] (a warning says so). Rank 0 only. Display only: a logger that takes no images, or any
-    failure, warns once and never stops training.
+    [0, 1] (a warning says so). Display only: a logger that takes no images, or any failure, warns
+    once and never stops training.
+
+    Rank 0 only: under DDP the other ranks draw and write nothing (the run directory is resolved
+    once in `setup`, where every rank takes part in Lightning's broadcast of it). Off (a warning)
+    under FSDP/ModelParallel, whose sharded weights run only inside every rank's wrapped forward.
     """
 
     def __init__(self, every_n_epochs: int = 10, num_images: int = 8, mask_ratio: float | None = None,
@@ -36,7 +41,15 @@ class ReconstructionGridLogger(Callback):
         self._images: list[Tensor] = []  # (b, C, H, W) chunks on the CPU, normalised as the model sees them
         self._captured = False  # set after the first validation: the image set is then fixed
         self._logged_step: int | None = None
+        self._run_dir: Path | None = None
+        self._sharded_by: str | None = None
         self._warned: set[str] = set()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # `trainer.log_dir` is a collective under DDP (rank 0's path is broadcast): ask on every
+        # rank here, never from the rank-0-only hooks below, where rank 0 would wait for the others
+        self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self._sharded_by = sharded_strategy(trainer)
 
     # --- capturing the images ----------------------------------------------------------------
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -61,6 +74,10 @@ class ReconstructionGridLogger(Callback):
 
     # --- drawing and sending -----------------------------------------------------------------
     def _log(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        if self._sharded_by:
+            self._warn_once("sharded", f"ReconstructionGridLogger is off: the model is sharded by "
+                                       f"{self._sharded_by}, so one rank cannot run it alone")
+            return
         if not self._images:
             self._warn_once("no-images", "ReconstructionGridLogger: no validation images were seen, so there "
                                          "is no reconstruction grid (is validation turned off?)")
@@ -75,9 +92,9 @@ class ReconstructionGridLogger(Callback):
         tag = "val/reconstructions"
         for logger in trainer.loggers:
             self._send(logger, grid, tag, trainer.global_step)
-        run_dir = trainer.log_dir or trainer.default_root_dir
+        run_dir = self._run_dir or Path(trainer.default_root_dir)
         try:
-            save_png(grid, Path(run_dir) / self.dirname / f"epoch{epoch:03d}.png")
+            save_png(grid, run_dir / self.dirname / f"epoch{epoch:03d}.png")
         except Exception as error:
             self._warn_once("png", f"ReconstructionGridLogger: could not write the PNG under {run_dir} "
                                    f"({error!r}); training goes on without it")

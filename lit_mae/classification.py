@@ -24,22 +24,25 @@ from lit_mae.feature_cache import encode_dataset, loader_like
 from lit_mae.lars import LARS
 from lit_mae.models import MAEConfig, ViTClassifier
 from lit_mae.models.encoder import PoolKind
-from lit_mae.optim import param_groups_layer_decay, warmup_cosine_scheduler
+from lit_mae.optim import parameter_ndims, param_groups_layer_decay, warmup_cosine_scheduler
 from lit_mae.pretrained import load_encoder
-from lit_mae.training import effective_lr, schedule_steps
+from lit_mae.training import NonFiniteGuard, NonFinitePolicy, effective_lr, schedule_steps
 
 
-class LitClassifier(LightningModule):
+class LitClassifier(NonFiniteGuard, LightningModule):
     """Shared by the probe and fine-tuning: encoder + head, loading, metrics, steps, schedule.
 
     `num_classes: null` takes the DataModule's `num_classes` when the Trainer sets the model up.
+    `on_nonfinite` / `max_consecutive_skips`: what a NaN or inf training loss does, as in `LitMAE`.
     """
 
     def __init__(self, num_classes: int | None, pretrained: str | None, config: MAEConfig | None,
                  img_size: int | None, pool: PoolKind, head_batchnorm: bool, head_init_std: float,
                  base_lr: float, lr: float | None, weight_decay: float, warmup_epochs: float,
-                 min_lr: float, drop_path_rate: float = 0.0) -> None:
+                 min_lr: float, drop_path_rate: float = 0.0, on_nonfinite: NonFinitePolicy = "raise",
+                 max_consecutive_skips: int = 10) -> None:
         super().__init__()
+        self.init_nonfinite_guard(on_nonfinite, max_consecutive_skips)
         if pretrained is not None:
             arch, self._encoder_state = load_encoder(pretrained, img_size)
         elif config is not None:
@@ -67,6 +70,7 @@ class LitClassifier(LightningModule):
             for stage in ("val", "test") for name, k in (("top1", 1), ("top5", top5))
         })
         self.prepare_model(self.model)
+        self.param_ndims = parameter_ndims(self.model)  # before any strategy wraps the model
 
     def prepare_model(self, model: ViTClassifier) -> None:
         """What a subclass trains (freezing, trainable position table)."""
@@ -135,10 +139,11 @@ class LitLinearProbe(LitClassifier):
     def __init__(self, pretrained: str | None, num_classes: int | None = None, config: MAEConfig | None = None,
                  img_size: int | None = None, pool: PoolKind = "cls", base_lr: float = 0.1,
                  lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
-                 warmup_epochs: float = 10.0, min_lr: float = 0.0, cache_features: bool = False) -> None:
+                 warmup_epochs: float = 10.0, min_lr: float = 0.0, cache_features: bool = False,
+                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=True, head_init_std=0.01,
                          base_lr=base_lr, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                         min_lr=min_lr)
+                         min_lr=min_lr, on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
         self.momentum, self.cache_features = momentum, cache_features
         self._features: dict[str, tuple[Tensor, Tensor]] = {}
         self.save_hyperparameters()
@@ -165,9 +170,12 @@ class LitLinearProbe(LitClassifier):
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model.forward_head(self.features(inputs))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         inputs, labels = self._labelled(batch)
-        loss = F.cross_entropy(self(inputs), labels)
+        logits = self(inputs)
+        loss = self.guard_loss(F.cross_entropy(logits, labels), inputs, lambda: {"logits": logits})
+        if loss is None:
+            return self.skipped_update()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
@@ -215,10 +223,12 @@ class LitFineTune(LitClassifier):
                  img_size: int | None = None, pool: PoolKind = "avg", base_lr: float = 5e-4,
                  lr: float | None = None, weight_decay: float = 0.05, layer_decay: float = 0.75,
                  drop_path_rate: float = 0.1, warmup_epochs: float = 5.0, min_lr: float = 1e-6,
-                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1) -> None:
+                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1,
+                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=False,
                          head_init_std=2e-5, base_lr=base_lr, lr=lr, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate)
+                         warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate,
+                         on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
         self.layer_decay = layer_decay
         self.mixup, self.cutmix, self.label_smoothing = mixup, cutmix, label_smoothing
         self._mixer: Mixup | None = None
@@ -226,6 +236,8 @@ class LitFineTune(LitClassifier):
 
     def prepare_model(self, model: ViTClassifier) -> None:
         model.encoder.pos_embed.requires_grad_(True)  # fine-tuning trains the position table
+        if self.pool == "avg":  # fc_norm replaces the final norm, which gets no gradient (DDP refuses
+            model.encoder.norm.requires_grad_(False)  # parameters that take no part in the loss)
 
     def mix(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Mixup/CutMix with smoothed soft targets (timm), or smoothed one-hot targets when both are off."""
@@ -239,13 +251,17 @@ class LitFineTune(LitClassifier):
         off = self.label_smoothing / num_classes
         return images, F.one_hot(labels, num_classes).float() * (1 - self.label_smoothing) + off
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         images, targets = self.mix(*self._labelled(batch))
         logits = self.model(images)
         loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        loss = self.guard_loss(loss, images, lambda: {"logits": logits, "targets (mixed, smoothed)": targets})
+        if loss is None:
+            return self.skipped_update()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = param_groups_layer_decay(self.model, self.weight_decay, self.layer_decay, self.arch.depth)
+        groups = param_groups_layer_decay(self.model, self.weight_decay, self.layer_decay, self.arch.depth,
+                                          ndims=self.param_ndims)
         return self.with_schedule(torch.optim.AdamW(groups, lr=self.peak_lr()))

@@ -96,7 +96,8 @@ class LitMAECLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        print(f"\ntesting {'the best checkpoint ' + best if best else 'the final weights'}", flush=True)
+        if self.trainer.is_global_zero:  # the test itself runs on every rank
+            print(f"\ntesting {'the best checkpoint ' + best if best else 'the final weights'}", flush=True)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 

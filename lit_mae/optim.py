@@ -4,25 +4,49 @@ and the per-step warmup-cosine schedule."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
+# what wrappers insert into parameter names: FSDP, activation checkpointing, torch.compile
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as the bare model has it (wrapper prefixes removed)."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def parameter_ndims(module: nn.Module) -> dict[str, int]:
+    """{name: ndim} of the bare model, to be taken before a strategy wraps it: FSDP hands the
+    optimizer flattened 1-D shards, on which `param.ndim` would put every weight in no-decay."""
+    return {unwrapped_name(name): param.ndim for name, param in module.named_parameters()}
+
+
+def _named_ndims(module: nn.Module, ndims: Mapping[str, int] | None) -> Iterable[tuple[str, int, nn.Parameter]]:
+    """(bare name, original ndim, parameter) of every trainable parameter."""
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            name = unwrapped_name(name)
+            yield name, (ndims or {}).get(name, param.ndim), param
+
+
 def param_groups_weight_decay(
-    module: nn.Module, weight_decay: float, skip: Iterable[str] = ()
+    module: nn.Module, weight_decay: float, skip: Iterable[str] = (), ndims: Mapping[str, int] | None = None
 ) -> list[dict]:
     """Two AdamW groups, as the official MAE code: decay on weights with ndim >= 2 (cls and mask
     tokens included), none on 1-D parameters, biases and names in `skip`; frozen parameters
-    (the sin-cos position tables) are left out."""
+    (the sin-cos position tables) are left out. `ndims` (from `parameter_ndims` before wrapping)
+    gives the shapes when `module` holds flattened shards."""
     skip = set(skip)
     decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or name in skip:
+    for name, ndim, param in _named_ndims(module, ndims):
+        if ndim <= 1 or name.endswith(".bias") or name in skip:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -59,19 +83,18 @@ def vit_layer_id(name: str, depth: int) -> int:
 
 def param_groups_layer_decay(
     module: nn.Module, weight_decay: float, layer_decay: float, depth: int,
-    no_weight_decay: Iterable[str] = ("pos_embed", "cls_token"),
+    no_weight_decay: Iterable[str] = ("pos_embed", "cls_token"), ndims: Mapping[str, int] | None = None,
 ) -> list[dict]:
     """AdamW groups per (layer, decay or not), each with `lr_scale` = layer_decay^(depth+1-layer).
 
     No weight decay on 1-D parameters and on names in `no_weight_decay` (with or without a leading
-    `encoder.`). `lr_scale` is applied to the lr itself by `warmup_cosine_scheduler`.
+    `encoder.`). `lr_scale` is applied to the lr itself by `warmup_cosine_scheduler`. `ndims`: as in
+    `param_groups_weight_decay`.
     """
     skip = set(no_weight_decay)
     groups: dict[tuple[int, bool], dict] = {}
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        decays = not (param.ndim == 1 or name.removeprefix("encoder.") in skip)
+    for name, ndim, param in _named_ndims(module, ndims):
+        decays = not (ndim == 1 or name.removeprefix("encoder.") in skip)
         layer = vit_layer_id(name, depth)
         group = groups.setdefault((layer, decays), {
             "params": [], "weight_decay": weight_decay if decays else 0.0,

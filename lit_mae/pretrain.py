@@ -9,9 +9,16 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from lit_mae.interop import load_pretrained
-from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, preset_config
-from lit_mae.optim import param_groups_weight_decay, warmup_cosine_scheduler
-from lit_mae.training import effective_lr, images_of, schedule_steps, step_generator
+from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, patchify, preset_config
+from lit_mae.optim import parameter_ndims, param_groups_weight_decay, warmup_cosine_scheduler
+from lit_mae.training import (
+    NonFiniteGuard,
+    NonFinitePolicy,
+    effective_lr,
+    images_of,
+    schedule_steps,
+    step_generator,
+)
 
 PresetName = Literal["tiny", "small", "base", "large", "huge"]
 
@@ -29,7 +36,20 @@ def resolve_config(
     return preset_config(preset, **(overrides or {}))
 
 
-class LitMAE(LightningModule):
+# the fields that change the weights' shapes or meaning (mask_ratio, norm_pix_loss, ... may change on a resume)
+ARCHITECTURE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                       "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio", "qkv_bias")
+
+
+def _checkpoint_config(hparams: Mapping[str, Any]) -> MAEConfig | None:
+    """The architecture a LitMAE checkpoint was written with, when its hyper-parameters tell."""
+    try:
+        return resolve_config(hparams.get("config"), hparams.get("preset"), hparams.get("overrides"))
+    except (ValueError, TypeError):
+        return None
+
+
+class LitMAE(NonFiniteGuard, LightningModule):
     """MAE pretraining. `.model` is the `MaskedAutoencoderViT`.
 
     Args:
@@ -46,6 +66,10 @@ class LitMAE(LightningModule):
             same masks and losses; the first steps pay for compiling).
         mask_seed: masks come from (mask_seed, global step, rank), so a resumed run draws the
             masks an uninterrupted one would.
+        on_nonfinite: a NaN or inf training loss stops the run ("raise", naming the step and what
+            went into the loss) or skips that update ("skip", counted in `train/skipped_steps`);
+            see `lit_mae.training.NonFiniteGuard`.
+        max_consecutive_skips: with "skip", stop anyway after this many skipped steps in a row.
     """
 
     def __init__(
@@ -63,8 +87,11 @@ class LitMAE(LightningModule):
         mask_seed: int = 0,
         pretrained: str | None = None,
         compile: bool = False,
+        on_nonfinite: NonFinitePolicy = "raise",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
+        self.init_nonfinite_guard(on_nonfinite, max_consecutive_skips)
         if pretrained is not None:
             if config is not None or preset is not None:
                 raise ValueError("LitMAE: `pretrained` brings its own architecture; drop `config`/`preset` "
@@ -82,6 +109,7 @@ class LitMAE(LightningModule):
         self.base_lr, self.lr, self.min_lr = base_lr, lr, min_lr
         self.weight_decay, self.betas, self.warmup_epochs = weight_decay, tuple(betas), warmup_epochs
         self.mask_seed = mask_seed
+        self.param_ndims = parameter_ndims(self.model)  # before any strategy wraps the model
         # a plain attribute, not a submodule: the compiled wrapper must not enter the state dict
         self._steps = torch.compile(self.model.forward, fullgraph=True) if compile else self.model.forward
 
@@ -91,6 +119,27 @@ class LitMAE(LightningModule):
         if hparams.get("pretrained") is not None:
             hparams.update(pretrained=None, config=self.config.to_dict(), preset=None, overrides=None)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # before Lightning loads the weights: name the architecture fields, not only torch's key list
+        ours, theirs = self.state_dict(), checkpoint.get("state_dict", {})
+        mismatched = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+                      if k in theirs and theirs[k].shape != v.shape]
+        written = _checkpoint_config(checkpoint.get("hyper_parameters", {}))
+        fields = [] if written is None else [
+            name for name in ARCHITECTURE_FIELDS if getattr(written, name) != getattr(self.config, name)]
+        if mismatched or fields:
+            shown = mismatched[:4] + ([f"... {len(mismatched) - 4} more"] if len(mismatched) > 4 else [])
+
+            def values(config: MAEConfig) -> str:
+                return ", ".join(f"{name}={getattr(config, name)!r}" for name in fields)
+
+            raise ValueError(
+                "LitMAE: the checkpoint is of another architecture"
+                + (f" (written with {values(written)}; this model has {values(self.config)})" if fields else "")
+                + ("; shape-mismatched weights (checkpoint vs here): " + ", ".join(shown) if shown else "") + ". "
+                "LitMAE.load_from_checkpoint(path) builds the checkpoint's architecture; a resumed fit "
+                "(ckpt_path) needs the config of the run that wrote it")
+
     @property
     def config(self) -> MAEConfig:
         return self.model.config
@@ -98,22 +147,32 @@ class LitMAE(LightningModule):
     def forward(self, images: Tensor, **kwargs: Any) -> MAEOutput:
         return self.model(images, **kwargs)
 
-    def _loss(self, batch: object, stream: str, step: int) -> Tensor:
+    def _forward(self, batch: object, stream: str, step: int) -> tuple[Tensor, MAEOutput]:
         images = images_of(batch)
         patch = self.config.patch_size
         num_patches = (images.shape[-2] // patch) * (images.shape[-1] // patch)  # L
         # drawn outside the model (what it would draw from this generator): compiled graphs take no generator
         noise = torch.rand(images.shape[0], num_patches,
                            generator=step_generator(self.mask_seed, step, self.global_rank, stream))
-        return self._steps(images, noise=noise).loss
+        return images, self._steps(images, noise=noise)
 
-    def training_step(self, batch: object, batch_idx: int) -> Tensor:
-        loss = self._loss(batch, "train", self.global_step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, epoch "
-                f"{self.current_epoch}; try a lower lr, or bf16 instead of fp16 precision"
-            )
+    def _loss(self, batch: object, stream: str, step: int) -> Tensor:
+        return self._forward(batch, stream, step)[1].loss
+
+    def loss_components(self, images: Tensor, output: MAEOutput) -> dict[str, object]:
+        """What went into a loss, for the message about a non-finite one."""
+        parts: dict[str, object] = {"pred": output.pred,
+                                    "masked patches": f"{int(output.mask.sum())} of {output.mask.numel()}"}
+        if self.config.norm_pix_loss:
+            variance = patchify(images.float(), self.config.patch_size).var(dim=-1)  # (B, L)
+            parts["norm_pix target variance"] = f"min {variance.min().item():.3g} (+1e-6 in the divisor)"
+        return parts
+
+    def training_step(self, batch: object, batch_idx: int) -> Tensor | None:
+        images, output = self._forward(batch, "train", self.global_step)
+        loss = self.guard_loss(output.loss, images, lambda: self.loss_components(images, output))
+        if loss is None:
+            return self.skipped_update()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -133,7 +192,7 @@ class LitMAE(LightningModule):
     def configure_optimizers(self):
         peak = self.lr if self.lr is not None else effective_lr(self.trainer, self.base_lr)
         total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
-        groups = param_groups_weight_decay(self.model, self.weight_decay)
+        groups = param_groups_weight_decay(self.model, self.weight_decay, ndims=self.param_ndims)
         optimizer = torch.optim.AdamW(groups, lr=peak, betas=self.betas)
         schedule = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

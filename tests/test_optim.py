@@ -13,6 +13,7 @@ from lit_mae.models import ViTEncoder
 from lit_mae.optim import (
     param_groups_layer_decay,
     param_groups_weight_decay,
+    parameter_ndims,
     scaled_lr,
     vit_layer_id,
     warmup_cosine,
@@ -64,6 +65,43 @@ def test_groups_honour_skip_and_frozen_weights():
     decay, no_decay = _group_names(model, param_groups_weight_decay(model, 0.05, skip=["0.weight"]))
     assert decay == []
     assert sorted(no_decay) == ["0.bias", "0.weight", "1.bias"]
+
+
+class _FlatShards(nn.Module):
+    """What FSDP (use_orig_params) shows the optimizer: wrapper prefixes in the names, 1-D shards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.shards = [(f"_fsdp_wrapped_module.{name}".replace("blocks.0.", "blocks.0._fsdp_wrapped_module."),
+                        nn.Parameter(p.detach().flatten(), requires_grad=p.requires_grad))
+                       for name, p in model.named_parameters()]
+
+    def named_parameters(self, *args, **kwargs):
+        yield from self.shards
+
+
+def _grouping(groups: list[dict], names: dict[int, str]) -> list[tuple[float, float, list[str]]]:
+    """(weight decay, lr scale, names) per group, names without wrapper prefixes."""
+    bare = lambda name: name.replace("_fsdp_wrapped_module.", "")  # noqa: E731
+    return [(g["weight_decay"], g.get("lr_scale", 1.0), [bare(names[id(p)]) for p in g["params"]]) for g in groups]
+
+
+def test_groups_of_flattened_wrapped_shards_match_the_bare_model(tiny_config):
+    model = MaskedAutoencoderViT(tiny_config)
+    ndims = parameter_ndims(model)  # taken before "wrapping"
+    sharded = _FlatShards(model)
+    shard_names = {id(p): name for name, p in sharded.named_parameters()}
+    expected = _grouping(param_groups_weight_decay(model, 0.05), _names_by_id(model))
+    assert _grouping(param_groups_weight_decay(sharded, 0.05, ndims=ndims), shard_names) == expected
+    # without the shapes every flattened weight would lose its weight decay
+    assert not param_groups_weight_decay(sharded, 0.05)[0]["params"]
+
+    encoder = ViTEncoder(tiny_config)
+    sharded, ndims = _FlatShards(encoder), parameter_ndims(encoder)
+    shard_names = {id(p): name for name, p in sharded.named_parameters()}
+    expected = _grouping(param_groups_layer_decay(encoder, 0.05, 0.75, tiny_config.depth), _names_by_id(encoder))
+    assert _grouping(param_groups_layer_decay(sharded, 0.05, 0.75, tiny_config.depth, ndims=ndims),
+                     shard_names) == expected
 
 
 def test_groups_build_an_adamw_that_steps(tiny_config):

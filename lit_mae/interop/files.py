@@ -68,6 +68,11 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             return load_file(str(path))
         except Exception as error:  # SafetensorError, OSError
             raise ValueError(f"{path}: not a readable safetensors file: truncated or corrupt ({error})") from None
+    if not (_is_torch_zip(path) or _start(path)[:1] == b"\x80"):  # a zip (torch.save) or a pickle (legacy format)
+        raise ValueError(f"{path}: not a weights file: truncated or corrupt, or not a checkpoint at all (a torch "
+                         "file starts as a zip or a pickle, a safetensors file with its header length; this one "
+                         f"starts with {_start(path)!r}). Give a .ckpt/.pth/.bin/.safetensors file or a "
+                         "Hugging Face model directory")
     if _is_torch_zip(path) and not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a readable torch file: truncated or corrupt (the zip archive that "
                          "torch.save writes lacks its end record, as after an interrupted download or copy)")

@@ -48,6 +48,10 @@ class MAEConfig:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"MAEConfig.{name} must be a positive number, got {value!r}")
+        if self.img_size < self.patch_size:
+            raise ValueError(
+                f"MAEConfig.img_size={self.img_size} is smaller than one patch (patch_size={self.patch_size})"
+            )
         if self.img_size % self.patch_size:
             raise ValueError(
                 f"MAEConfig.img_size={self.img_size} is not divisible by patch_size={self.patch_size}"

@@ -67,11 +67,13 @@ class ViTEncoder(nn.Module):
             )
         _, C, H, W = images.shape
         if C != cfg.in_chans:
-            raise ValueError(f"images have {C} channels but the model was built for in_chans={cfg.in_chans}")
+            raise ValueError(f"images have {C} channels but the model was built for in_chans={cfg.in_chans}; "
+                             "make the data's channels and the config's in_chans agree")
         if not interpolate_pos_encoding and (H, W) != (cfg.img_size, cfg.img_size):
             raise ValueError(
-                f"image size {H}x{W} does not match the model's img_size={cfg.img_size}; "
-                "resize the images or pass interpolate_pos_encoding=True"
+                f"image size {H}x{W} does not match the model's img_size={cfg.img_size}; give it "
+                f"{cfg.img_size}x{cfg.img_size} images (a DataModule's image_size) or, calling the model "
+                "yourself, pass interpolate_pos_encoding=True"
             )
         p = cfg.patch_size
         if H < p or W < p or H % p or W % p:
