@@ -112,13 +112,25 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, war
     """Seconds per call of `fn`, each timed alone between device synchronisations."""
     for _ in range(warmup):
         fn()
-    times = []
+    return [time_call(fn, device) for _ in range(repeats)]
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of `fn` between device synchronisations."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each of `fns`, timed in turns (a, b, a, b, ...), so that a busy or
+    throttling machine slows all of them alike instead of whichever happened to run last."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        for name, fn in fns.items():
+            times[name].append(time_call(fn, device))
     return times
 
 
@@ -126,12 +138,23 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def matmul_peak(device: torch.device, dtype: str, size: int, repeats: int = 5) -> float:
-    """FLOP/s of a square (size x size) matmul in `dtype` on `device`: median of `repeats`."""
+def matmul_peak(device: torch.device, dtype: str, sizes: Sequence[int], repeats: int = 5) -> tuple[float, int]:
+    """(FLOP/s, size) of the fastest square matmul among `sizes` in `dtype` on `device`, each the
+    median of `repeats`: the machine's attainable matmul rate, the denominator of MFU."""
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(device, DTYPES[dtype]) for _ in range(2))
-    times = time_calls(lambda: a @ b, device, repeats, warmup=2)
-    return 2 * size**3 / median(times)
+    best = (0.0, 0)
+    for size in sizes:
+        a, b = (torch.randn(size, size, generator=generator).to(device, DTYPES[dtype]) for _ in range(2))
+        rate = 2 * size**3 / median(time_calls(lambda: a @ b, device, repeats, warmup=2))
+        best = max(best, (rate, size))
+    return best
+
+
+def peak_sizes(device: torch.device, smoke: bool) -> tuple[int, ...]:
+    """Matmul sizes to find the peak: large enough to be compute-bound, small enough to be quick."""
+    if smoke:
+        return (256,)
+    return (4096, 8192) if device.type == "cuda" else (1024, 2048)
 
 
 def device_line(device: torch.device) -> str:
@@ -140,11 +163,11 @@ def device_line(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         name = f"{name}, fp32 matmul precision {torch.get_float32_matmul_precision()!r} ('highest': no TF32)"
     else:
-        name = f"CPU {platform.machine()} ({_cpu_model()}), torch threads: {torch.get_num_threads()}"
+        name = f"CPU {platform.machine()} ({cpu_model()}), torch threads: {torch.get_num_threads()}"
     return f"device: {name}; torch {torch.__version__}; transformers {transformers.__version__}"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

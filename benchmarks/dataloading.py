@@ -48,7 +48,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
-from _common import _cpu_model, csv, emit, markdown_table, number
+from _common import cpu_model, csv, emit, markdown_table, number
 from lit_mae.datamodules import ImageFolderDataModule
 from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD
 from lit_mae.datamodules.images import _draft, to_channels, to_tensor
@@ -326,7 +326,7 @@ def header_line() -> str:
     turbo = features.version("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None
     jpeg = f"libjpeg-turbo {turbo}" if turbo else f"libjpeg {features.version('jpg')}"
     cores = len(os.sched_getaffinity(0))
-    return (f"device: CPU {platform.machine()} ({_cpu_model()}), {cores} cores, torch threads 1 per process; "
+    return (f"device: CPU {platform.machine()} ({cpu_model()}), {cores} cores, torch threads 1 per process; "
             f"torch {torch.__version__}; torchvision {torchvision.__version__}; Pillow {PIL.__version__} "
             f"({simd}, {jpeg})")
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# lit-mae vs transformers on one H100/H200: about 4-5 minutes; each step capped, 7.7 minutes at most:
-#   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py)
+# lit-mae vs transformers on one H100/H200: about 5-6 minutes; each step capped, 10.2 minutes at most:
+#   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py), then the
+#      FSDP pretraining smoke test (tests/test_ddp.py -k fsdp; installs the package, no deps)
 #   2. inference latency, base at 224 px, batches 1,2,4,8, eager and SDPA: fp32, then bf16 autocast
 #   3. pretraining steps, base at 224 px, bf16 autocast, SDPA: compile off, then compile on
 #
@@ -41,6 +42,11 @@ run_step() {
 }
 
 run_step parity 80 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity_cuda.py tests/test_parity_hf.py
+
+# FSDP (tests/test_ddp.py -k fsdp: every GPU, one shard unit per Block, bf16): it runs `python -m
+# lit_mae`, which needs the package installed (lit_mae.callbacks/datamodules are an install mapping)
+run_step fsdp 150 bash -c "'$PYTHON' -m pip install -q --no-deps --no-build-isolation -e . && \
+    '$PYTHON' -m pytest -q -p no:cacheprovider tests/test_ddp.py -k fsdp"
 
 for dtype in fp32 bf16; do
     run_step "inference_$dtype" 55 "$PYTHON" benchmarks/inference.py --device cuda --preset base --img-size 224 \

@@ -7,21 +7,22 @@
 One forward (masking, encoder, decoder, loss) under torch.inference_mode, with the same weights
 (transformers' random init, read back by lit-mae's `load_pretrained`) and the same masking noise;
 eager and SDPA attention; fp32, or bf16 under torch.autocast. Median over `--repeats`, the device
-synchronised around each call.
+synchronised around each call; lit-mae and transformers timed in turns (one forward each per
+repeat).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from functools import partial
 import traceback
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
 from _common import (IMPLS, Reference, autocast, both, csv, describe_error, device_line, emit, fixed_inputs,
-                     lit_config, loss_of, markdown_table, median, number, resolve_device, time_calls)
+                     lit_config, loss_of, markdown_table, median, number, resolve_device, time_calls,
+                     time_interleaved)
 
 HEADERS = ["batch", "attention", "lit-mae ms", "transformers ms", "speedup (HF/lit)"]
 Key = tuple[int, str, str]  # (batch, attention, implementation)
@@ -45,28 +46,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def latency(model: nn.Module, images: Tensor, noise: Tensor, args: argparse.Namespace,
-            device: torch.device) -> float:
-    """Median seconds of one inference-mode forward with loss."""
-    with torch.inference_mode(), autocast(device, args.dtype):
-        return median(time_calls(lambda: loss_of(model, images, noise), device, args.repeats, args.warmup))
-
-
 def measure_all(reference: Reference, args: argparse.Namespace, device: torch.device) -> dict[Key, float | str]:
-    """{(batch, attention, implementation): seconds, or an error cell}; a failure does not stop the rest."""
+    """{(batch, attention, implementation): seconds, or an error cell}; a failure does not stop the rest.
+
+    For each (attention, batch) the implementations are timed in turns, one forward each per
+    repeat, so that load on the machine hits both alike."""
     results: dict[Key, float | str] = {}
     for attn in both(args.attn, ("eager", "sdpa")):
-        for impl in IMPLS:
-            model = reference.build(impl, attn).to(device).eval()
-            for batch in args.batches:
-                images, noise = fixed_inputs(reference.config, batch, device)
-                try:
-                    results[batch, attn, impl] = latency(model, images, noise, args, device)
-                except Exception as error:  # noqa: BLE001 - one failure must not end the table
-                    traceback.print_exc()
+        models = {impl: reference.build(impl, attn).to(device).eval() for impl in IMPLS}
+        for batch in args.batches:
+            images, noise = fixed_inputs(reference.config, batch, device)
+            forwards = {impl: partial(loss_of, model, images, noise) for impl, model in models.items()}
+            try:
+                with torch.inference_mode(), autocast(device, args.dtype):
+                    for forward in forwards.values():
+                        time_calls(forward, device, 0, args.warmup)
+                    times = time_interleaved(forwards, device, args.repeats)
+                for impl in IMPLS:
+                    results[batch, attn, impl] = median(times[impl])
+            except Exception as error:  # noqa: BLE001 - one failure must not end the table
+                traceback.print_exc()
+                for impl in IMPLS:
                     results[batch, attn, impl] = describe_error(error)
-                print(f"  batch {batch} {attn} {impl}: {ms_cell(results[batch, attn, impl])} ms", flush=True)
-            del model
+            print(f"  batch {batch} {attn}: " + ", ".join(f"{impl} {ms_cell(results[batch, attn, impl])} ms"
+                                                          for impl in IMPLS), flush=True)
+        del models
     return results
 
 

@@ -6,10 +6,12 @@
 
 One step = forward with loss, backward, AdamW step; the same images and masking noise every step.
 transformers builds the random init and saves it; lit-mae reads it back with `load_pretrained`.
-Reported: median step time over `--repeats` (device synchronised around each step), images/s,
-the lit-mae/transformers step-rate ratio, peak memory (CUDA only), model FLOPs per step (forward +
-backward, counted once with FlopCounterMode), achieved FLOP/s and MFU against a square-matmul
-peak measured in the same run, in the benchmark dtype, on the same device.
+Reported: median step time over `--repeats` (device synchronised around each step; the rows of a
+(preset, attention) group timed in turns, one step each per repeat), images/s, the step-rate ratios
+to transformers in the same compile mode and to transformers without compile, peak memory (CUDA
+only), model FLOPs per step (forward + backward, counted once with FlopCounterMode), achieved
+FLOP/s and MFU against a square-matmul peak measured in the same run, in the benchmark dtype, on
+the same device.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import (IMPLS, Reference, autocast, both, csv, describe_error, device_line, emit, fixed_inputs,
-                     lit_config, loss_of, markdown_table, matmul_peak, median, number, resolve_device, synchronize,
-                     time_calls)
+                     lit_config, loss_of, markdown_table, matmul_peak, median, number, peak_sizes, resolve_device,
+                     synchronize, time_interleaved)
 
 HEADERS = ["preset", "attention", "compile", "implementation", "step ms", "images/s", "lit/HF rate",
-           "peak GiB", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"]
+           "lit/HF-eager rate", "peak GiB", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"]
 
 
 @dataclass
@@ -80,24 +82,56 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tenso
     return step
 
 
-def measure(reference: Reference, row: Measurement, images: Tensor, noise: Tensor,
-            args: argparse.Namespace, device: torch.device) -> Measurement:
-    """Fill `row` with the median step time, peak memory and first loss of a fresh model."""
-    torch._dynamo.reset()  # a fresh compile per model; also keeps dynamo's recompile limit out of reach
+def prepare(reference: Reference, row: Measurement, images: Tensor, noise: Tensor,
+            args: argparse.Namespace, device: torch.device) -> Callable[[], Tensor]:
+    """Build a fresh model of `row`, run its warm-up steps (the first compiles) and return its step.
+
+    Fills `row.loss0` and, on CUDA, `row.peak_bytes`: the peak over the warm-up above what was
+    allocated before the build (so other models alive in the same group do not count)."""
+    baseline = 0
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
+        synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     model = reference.build(row.impl, row.attn).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     runner = torch.compile(model) if row.compile == "on" else model
     step = train_step(runner, optimizer, images, noise, device, args.dtype)
     row.loss0 = step().item()
-    row.step_s = median(time_calls(step, device, args.repeats, warmup=max(args.warmup - 1, 0)))
+    for _ in range(args.warmup - 1):
+        step()
     if device.type == "cuda":
         synchronize(device)
-        row.peak_bytes = torch.cuda.max_memory_allocated(device)
-    return row
+        row.peak_bytes = torch.cuda.max_memory_allocated(device) - baseline
+    return step
+
+
+def measure_group(reference: Reference, rows: list[Measurement], images: Tensor, noise: Tensor,
+                  args: argparse.Namespace, device: torch.device) -> None:
+    """Time the rows of one (preset, attention) in turns, one step of each per repeat; failures are
+    recorded in the row and the others go on."""
+    torch._dynamo.reset()  # fresh compiles per group; keeps dynamo's recompile limit out of reach
+    steps = {}
+    for row in rows:
+        try:
+            steps[row.compile, row.impl] = prepare(reference, row, images, noise, args, device)
+        except Exception as error:  # noqa: BLE001 - one failure must not end the table
+            traceback.print_exc()
+            row.error = describe_error(error)
+    try:
+        times = time_interleaved(steps, device, args.repeats)
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        for row in rows:
+            row.error = row.error or describe_error(error)
+        return
+    for row in rows:
+        if (row.compile, row.impl) in times:
+            row.step_s = median(times[row.compile, row.impl])
+        print(f"  {row.preset} {row.attn} compile={row.compile} {row.impl}: "
+              f"{row.error or f'{row.step_s * 1e3:.1f} ms/step'}", flush=True)
 
 
 def count_flops(reference: Reference, images: Tensor, noise: Tensor) -> int:
@@ -109,7 +143,8 @@ def count_flops(reference: Reference, images: Tensor, noise: Tensor) -> int:
 
 
 def format_rows(rows: list[Measurement], flops: dict[str, int | None], peak: float, batch: int) -> list[list[str]]:
-    """Table cells; the lit/HF ratio sits on the lit-mae row of each (preset, attention, compile)."""
+    """Table cells; the ratios sit on the lit-mae rows: against transformers in the same compile mode
+    and against transformers without compile (its eager mode)."""
     step_s = {(r.preset, r.attn, r.compile, r.impl): r.step_s for r in rows}
     cells = []
     for r in rows:
@@ -117,13 +152,15 @@ def format_rows(rows: list[Measurement], flops: dict[str, int | None], peak: flo
         if r.step_s is None:
             cells.append([*key, r.error or "failed", *[""] * (len(HEADERS) - 5)])
             continue
-        hf_s = step_s.get((r.preset, r.attn, r.compile, "transformers"))
-        ratio = f"{hf_s / r.step_s:.2f}" if r.impl == "lit-mae" and hf_s else "—"
+        ratios = []
+        for compiled in (r.compile, "off"):
+            hf_s = step_s.get((r.preset, r.attn, compiled, "transformers"))
+            ratios.append(f"{hf_s / r.step_s:.2f}" if r.impl == "lit-mae" and hf_s else "—")
         peak_gib = f"{r.peak_bytes / 2**30:.2f}" if r.peak_bytes is not None else "n/a"
         flop = flops.get(r.preset)
         flop_cells = ["n/a"] * 3 if flop is None else [  # GFLOP/step, TFLOP/s, MFU %
             number(flop / 1e9), number(flop / r.step_s / 1e12), number(100 * flop / r.step_s / peak)]
-        cells.append([*key, number(r.step_s * 1e3), number(batch / r.step_s), ratio, peak_gib, *flop_cells,
+        cells.append([*key, number(r.step_s * 1e3), number(batch / r.step_s), *ratios, peak_gib, *flop_cells,
                       f"{r.loss0:.5f}"])
     return cells
 
@@ -141,12 +178,16 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Measuremen
         markdown_table(HEADERS, format_rows(rows, flops, peak, args.batch)),
         "",
         "step = forward with loss + backward + AdamW step; same weights and masking noise for both.",
-        "lit/HF rate: lit-mae steps/s over transformers steps/s (above 1: lit-mae faster).",
-        "peak GiB: torch.cuda.max_memory_allocated from a reset before the model is built "
-        "(weights, grads, AdamW state, activations); n/a: not measured on CPU.",
+        "lit/HF rate: lit-mae steps/s over transformers steps/s in the same compile mode (above 1: lit-mae "
+        "faster); lit/HF-eager rate: over transformers without compile.",
+        "Timed in turns: each repeat runs one step of every row of a (preset, attention) group, so that "
+        "load on the machine hits all rows alike.",
+        "peak GiB: torch.cuda.max_memory_allocated over the warm-up steps, above what was allocated before "
+        "the model was built (weights, grads, AdamW state, activations); n/a: not measured on CPU.",
         "GFLOP/step: FlopCounterMode, forward + backward, counted once per preset (lit-mae, eager attention).",
-        f"MFU: achieved FLOP/s over a measured {peak_size}x{peak_size} {args.dtype} matmul peak of "
-        f"{peak / 1e12:.3f} TFLOP/s on this device (median of 5).",
+        f"MFU: achieved FLOP/s over the matmul peak measured in this run: {peak / 1e12:.3f} TFLOP/s, a "
+        f"{peak_size}x{peak_size} {args.dtype} matmul (the fastest of sizes {', '.join(map(str, peak_sizes(device, args.smoke)))}, "
+        f"median of 5 each, measured before and after the steps).",
     ]
     return "\n".join(lines)
 
@@ -165,27 +206,21 @@ def run_preset(preset: str, args: argparse.Namespace, device: torch.device,
             traceback.print_exc()
             flops[preset] = None
         for attn in both(args.attn, ("sdpa", "eager")):
-            for compiled in both(args.compile, ("off", "on")):
-                for impl in IMPLS:
-                    row = Measurement(preset, attn, compiled, impl)
-                    try:
-                        measure(reference, row, images, noise, args, device)
-                    except Exception as error:  # noqa: BLE001 - one failure must not end the table
-                        traceback.print_exc()
-                        row.error = describe_error(error)
-                    rows.append(row)
-                    print(f"  {preset} {attn} compile={compiled} {impl}: "
-                          f"{row.error or f'{row.step_s * 1e3:.1f} ms/step'}", flush=True)
+            group = [Measurement(preset, attn, compiled, impl)
+                     for compiled in both(args.compile, ("off", "on")) for impl in IMPLS]
+            measure_group(reference, group, images, noise, args, device)
+            rows += group
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    peak_size = 256 if args.smoke else 8192 if device.type == "cuda" else 2048
-    peak = matmul_peak(device, args.dtype, peak_size)
+    sizes = peak_sizes(device, args.smoke)
+    before = matmul_peak(device, args.dtype, sizes)
     flops: dict[str, int | None] = {}
     rows = [row for preset in args.presets for row in run_preset(preset, args, device, flops)]
+    peak, peak_size = max(before, matmul_peak(device, args.dtype, sizes))  # the better of before and after
     emit(report(args, device, rows, flops, peak, peak_size), args.markdown)
     return 1 if any(row.error for row in rows) else 0
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a busy 2-core machine: no spinning
@@ -48,14 +51,15 @@ def test_train_step_smoke_prints_one_row_per_implementation(tmp_path):
     assert "device: CPU" in out and "torch " in out and "transformers " in out
     headers, rows = parse_table(out)
     assert headers == ["preset", "attention", "compile", "implementation", "step ms", "images/s", "lit/HF rate",
-                       "peak GiB", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"]
+                       "lit/HF-eager rate", "peak GiB", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"]
     assert [(r["preset"], r["attention"], r["compile"], r["implementation"]) for r in rows] == [
         ("smoke", "sdpa", "off", "lit-mae"), ("smoke", "sdpa", "off", "transformers")]
     for row in rows:
         assert_positive(row, ["step ms", "images/s", "GFLOP/step", "TFLOP/s", "MFU %", "loss@step0"])
         assert row["peak GiB"] == "n/a"  # not measured on CPU
     lit, hf = rows
-    assert_positive(lit, ["lit/HF rate"])
+    assert_positive(lit, ["lit/HF rate", "lit/HF-eager rate"])
+    assert lit["lit/HF rate"] == lit["lit/HF-eager rate"]  # compile off: the same transformers row
     assert lit["GFLOP/step"] == hf["GFLOP/step"]  # counted once per preset
     assert abs(float(lit["loss@step0"]) - float(hf["loss@step0"])) <= 1e-4  # same weights, same noise
 
@@ -98,3 +102,41 @@ def test_dataloading_smoke_times_both_pipelines(tmp_path):
     assert [r["pipeline"] for r in rows] == ["official", "lit-mae"]
     for row in rows:
         assert_positive(row, [h for h in headers if h != "pipeline"])
+
+
+def test_soak_smoke_samples_memory_and_gives_a_verdict(tmp_path):
+    markdown = tmp_path / "soak.md"
+    out = run_script("soak.py", "--smoke", "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    headers, rows = parse_table(out)
+    assert headers == ["step", "seconds", "main RSS MiB", "workers", "workers RSS MiB", "total RSS MiB",
+                       "total PSS MiB"]
+    assert [row["step"] for row in rows] == ["10", "20", "30", "40"]
+    for row in rows:
+        assert row["workers"] == "2"  # the persistent loader workers are found and counted
+        assert_positive(row, ["main RSS MiB", "workers RSS MiB", "total RSS MiB", "total PSS MiB"])
+        assert float(row["total RSS MiB"]) == pytest.approx(
+            float(row["main RSS MiB"]) + float(row["workers RSS MiB"]), abs=0.11)
+    assert "growth after warm-up (step 10 -> 40): total RSS" in out
+    assert re.search(r"verdict: (PASS|FAIL) \(RSS growth [+-]\d+\.\d+ % vs threshold 5\.0 %\)", out), out
+
+
+def test_run_all_smoke_gathers_every_table_into_one_file(tmp_path):
+    results = tmp_path / "results.md"
+    out = run_script("run_all.py", "--smoke", "--out", str(results))
+    text = results.read_text()
+    assert f"wrote {results}" in out
+    assert text.startswith("# lit-mae against transformers: every speed table")
+    assert "with `python benchmarks/run_all.py --smoke --out" in text and "load average" in text
+    assert "`python benchmarks/train_step.py --smoke`" in text and "`python benchmarks/inference.py --smoke" in text
+    tables = [block for block in text.split("\n\n") if block.startswith("|")]
+    assert len(tables) == 2  # one per script, each as the script prints it
+    assert parse_table(tables[0])[0][:4] == ["preset", "attention", "compile", "implementation"]
+    assert parse_table(tables[1])[0][:2] == ["batch", "attention"]
+    assert "exited with status" not in text
+
+
+def test_readme_has_one_block_for_run_all():
+    text = (REPO_ROOT / "README.md").read_text()
+    for marker in ("<!-- benchmarks/run_all.py:begin -->", "<!-- benchmarks/run_all.py:end -->"):
+        assert text.count(marker) == 1, marker

@@ -56,7 +56,8 @@ def recipe(path: str) -> dict:
 def tiny_model_args(config: dict) -> list[str]:
     """The pretraining YAML's preset swapped for `tiny`, keeping its other overrides (norm_pix_loss ...)."""
     overrides = {**config["model"]["init_args"]["overrides"], **TINY}
-    return ["--model.init_args.preset", "tiny", "--model.init_args.overrides", json.dumps(overrides)]
+    return ["--model.init_args.preset", "tiny", "--model.init_args.overrides", json.dumps(overrides),
+            "--model.init_args.compile", "false"]  # compiling a tiny CPU model would take most of the test
 
 
 def fit(config: str, where: Path, *args: str) -> LitMAECLI:
@@ -126,6 +127,12 @@ def test_imagenet_recipes_have_the_papers_batch_lr_and_schedule_on_one_node_of_8
     assert (trainer["max_epochs"], model["warmup_epochs"]) == (epochs, warmup)
     assert trainer["precision"] == "bf16-mixed"
     assert "root" not in data and "val_root" not in data  # given on the command line
+
+
+@pytest.mark.parametrize("path", ["imagenet/pretrain_vit_base.yaml", "imagenet/pretrain_vit_large.yaml",
+                                  "cifar10/pretrain.yaml"])
+def test_gpu_pretraining_recipes_take_the_compiled_fast_path(path):
+    assert recipe(path)["model"]["init_args"]["compile"] is True
 
 
 @pytest.mark.parametrize("path, pretrain", [
