@@ -18,7 +18,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -59,22 +59,30 @@ def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
                                              f"{error.strerror or error}; any previous file there is unchanged")
 
 
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """The staging path beside `path`, for the block to fill and rename onto `path`. An OS error
+    removes it and raises `CheckpointWriteError`; success fsyncs the folder (the rename is durable)."""
+    staging = partial_path(path)
+    try:
+        yield staging
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise _write_error(path, error) from error
+    _fsync_directory(path.parent)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call `write(file)` on a staging file beside `path`, fsync it and rename it to `path`."""
     path = Path(str(path).removeprefix("file://"))
-    staging = partial_path(path)
-    try:
+    with _staged(path) as staging:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(staging, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(staging, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise _write_error(path, error) from error
-    _fsync_directory(path.parent)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -94,15 +102,10 @@ def replace_with_symlink(target: str, link: str | Path) -> None:
     except OSError:
         atomic_write(link, lambda file: file.write((link.parent / target).read_bytes()))
         return
-    try:
+    with _staged(link):
         if link.is_dir() and not link.is_symlink():
             shutil.rmtree(link)
         os.replace(staging, link)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise _write_error(link, error) from error
-    _fsync_directory(link.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
