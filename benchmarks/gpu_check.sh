@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# lit-mae vs transformers on one H100/H200: about 5-6 minutes; each step capped, 10.2 minutes at most:
+# lit-mae vs transformers on one H100/H200: about 5-6 minutes; each step capped, 11.2 minutes at most:
 #   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py), then the
 #      FSDP pretraining smoke test (tests/test_ddp.py -k fsdp; installs the package, no deps)
-#   2. inference latency, base at 224 px, batches 1,2,4,8, eager and SDPA: fp32, then bf16 autocast
+#   2. inference latency, base at 224 px, batches 1,2,4,8, eager and SDPA: fp32, then bf16 autocast;
+#      the kernels of one fp32 SDPA forward at batch 1, lit-mae beside transformers
 #   3. pretraining steps, base at 224 px, bf16 autocast, SDPA: compile off, then compile on
 #
 #     bash benchmarks/gpu_check.sh                       # writes into ${OUT:-benchmarks/out}
@@ -53,6 +54,10 @@ for dtype in fp32 bf16; do
         --batches 1,2,4,8 --attn both --dtype "$dtype" --repeats "$INFER_REPEATS" --markdown "$TABLES/inference_$dtype.md"
 done
 
+# where the fp32 SDPA forward at batch 1 spends its kernels (lit-mae was 0.86-0.89x there on an H200)
+run_step profile_fp32_b1 60 "$PYTHON" benchmarks/profile_forward.py --device cuda --preset base --img-size 224 \
+    --batch 1 --attn sdpa --dtype fp32 --top 15 --markdown "$TABLES/profile_fp32_b1.md"
+
 for compile in off on; do
     cap=$([ "$compile" = on ] && echo 200 || echo 70)  # on: two cold compiles
     run_step "train_compile_$compile" "$cap" "$PYTHON" benchmarks/train_step.py --device cuda --presets base \
@@ -74,7 +79,7 @@ done
     echo
     grep -E "^(FAILED|ERROR) " "$OUT_DIR/parity.log" 2>/dev/null | head -n 15
     tail -n 1 "$OUT_DIR/parity.log" 2>/dev/null | sed 's/^/parity tests: /'
-    for table in inference_fp32 inference_bf16 train_compile_off train_compile_on; do
+    for table in inference_fp32 inference_bf16 profile_fp32_b1 train_compile_off train_compile_on; do
         echo
         if [ -s "$TABLES/$table.md" ]; then cat "$TABLES/$table.md"; else echo "($table: no table; see $table.log)"; fi
     done

@@ -140,3 +140,18 @@ def test_readme_has_one_block_for_run_all():
     text = (REPO_ROOT / "README.md").read_text()
     for marker in ("<!-- benchmarks/run_all.py:begin -->", "<!-- benchmarks/run_all.py:end -->"):
         assert text.count(marker) == 1, marker
+
+
+def test_profile_forward_smoke_lists_the_ops_of_both_implementations(tmp_path):
+    markdown = tmp_path / "profile.md"
+    out = run_script("profile_forward.py", "--smoke", "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    headers, rows = parse_table(out)
+    assert headers == ["implementation", "op", "calls", "self time ms", "share %"]
+    for impl in ("lit-mae", "transformers"):
+        mine = [row for row in rows if row["implementation"] == impl]
+        assert mine[0]["op"] == "(all)" and mine[0]["share %"] == "100"
+        assert 1 < len(mine) <= 6  # the total and the top 5
+        assert_positive(mine[0], ["calls", "self time ms"])
+        shares = [float(row["share %"]) for row in mine[1:]]
+        assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
