@@ -29,6 +29,14 @@ def run_script(script: str, *args: str) -> str:
     return result.stdout
 
 
+def run_smoke(script: str, tmp_path: Path, *args: str) -> str:
+    """stdout of `<script> --smoke --markdown <file> args...`; the file must hold what was printed."""
+    markdown = tmp_path / f"{Path(script).stem}.md"
+    out = run_script(script, "--smoke", *args, "--markdown", str(markdown))
+    assert markdown.read_text().strip() in out
+    return out
+
+
 def parse_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
     """(headers, rows as {header: cell}) of the one markdown table in `text`."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
@@ -45,9 +53,7 @@ def assert_positive(row: dict[str, str], columns: list[str]) -> None:
 
 
 def test_train_step_smoke_prints_one_row_per_implementation(tmp_path):
-    markdown = tmp_path / "train.md"
-    out = run_script("train_step.py", "--smoke", "--markdown", str(markdown))
-    assert markdown.read_text().strip() in out
+    out = run_smoke("train_step.py", tmp_path)
     assert "device: CPU" in out and "torch " in out and "transformers " in out
     headers, rows = parse_table(out)
     assert headers == ["preset", "attention", "compile", "implementation", "step ms", "images/s", "lit/HF rate",
@@ -65,9 +71,7 @@ def test_train_step_smoke_prints_one_row_per_implementation(tmp_path):
 
 
 def test_inference_smoke_prints_batches_by_attention(tmp_path):
-    markdown = tmp_path / "inference.md"
-    out = run_script("inference.py", "--smoke", "--markdown", str(markdown))
-    assert markdown.read_text().strip() in out
+    out = run_smoke("inference.py", tmp_path)
     headers, rows = parse_table(out)
     assert headers == ["batch", "attention", "lit-mae ms", "transformers ms", "speedup (HF/lit)"]
     assert [(r["batch"], r["attention"]) for r in rows] == [("1", "eager"), ("1", "sdpa"), ("2", "eager"), ("2", "sdpa")]
@@ -82,9 +86,8 @@ def test_gpu_check_script_parses():
 
 
 def test_dataloading_smoke_times_both_pipelines(tmp_path):
-    markdown, images = tmp_path / "dataloading.md", tmp_path / "jpegs"
-    out = run_script("dataloading.py", "--smoke", "--dir", str(images), "--markdown", str(markdown))
-    assert markdown.read_text().strip() in out
+    images = tmp_path / "jpegs"
+    out = run_smoke("dataloading.py", tmp_path, "--dir", str(images))
     assert "torchvision " in out and "Pillow " in out and "Pillow-SIMD" in out
     assert len(list(images.glob("class_*/*.jpg"))) == 40  # 10 class folders of generated JPEGs
     throughput, per_image = [parse_table(block) for block in out.split("\n\n") if block.startswith("|")]
@@ -105,9 +108,7 @@ def test_dataloading_smoke_times_both_pipelines(tmp_path):
 
 
 def test_soak_smoke_samples_memory_and_gives_a_verdict(tmp_path):
-    markdown = tmp_path / "soak.md"
-    out = run_script("soak.py", "--smoke", "--markdown", str(markdown))
-    assert markdown.read_text().strip() in out
+    out = run_smoke("soak.py", tmp_path)
     headers, rows = parse_table(out)
     assert headers == ["step", "seconds", "main RSS MiB", "workers", "workers RSS MiB", "total RSS MiB",
                        "total PSS MiB"]
@@ -143,9 +144,7 @@ def test_readme_has_one_block_for_run_all():
 
 
 def test_profile_forward_smoke_lists_the_ops_of_both_implementations(tmp_path):
-    markdown = tmp_path / "profile.md"
-    out = run_script("profile_forward.py", "--smoke", "--markdown", str(markdown))
-    assert markdown.read_text().strip() in out
+    out = run_smoke("profile_forward.py", tmp_path)
     headers, rows = parse_table(out)
     assert headers == ["implementation", "op", "calls", "self time ms", "share %"]
     for impl in ("lit-mae", "transformers"):
