@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 from lit_mae.interop import config_from_hf, hf_to_lit, load_pretrained, load_strict
@@ -48,6 +48,9 @@ def perturbed_hf(config: ViTMAEConfig, model_class=ViTMAEForPreTraining, seed: i
 def save_hf(hf, directory: Path, safe_serialization: bool = True) -> Path:
     hf.save_pretrained(directory, safe_serialization=safe_serialization)
     weights = "model.safetensors" if safe_serialization else "pytorch_model.bin"
+    if not (directory / weights).is_file():  # transformers 5 writes safetensors only: the older .bin by hand
+        torch.save(load_file(directory / "model.safetensors"), directory / weights)
+        (directory / "model.safetensors").unlink()
     assert (directory / weights).is_file() and (directory / "config.json").is_file()
     return directory
 
@@ -204,6 +207,12 @@ def test_transformers5_decoder_encoder_alias_loads_like_decoder_layers():
 # --- strict loading errors ----------------------------------------------------------------------
 
 
+def _key_weight_of_block_1(state_dict: dict) -> str:
+    """The key projection's weight of encoder block 1, under transformers 4.x or 5.x names."""
+    names = ("vit.encoder.layer.1.attention.attention.key.weight", "vit.layers.1.attention.k_proj.weight")
+    return next(name for name in names if name in state_dict)
+
+
 def _write_broken_checkpoint(directory: Path, edit) -> Path:
     hf = perturbed_hf(hf_config())
     hf.config.to_json_file(directory / "config.json")
@@ -223,7 +232,7 @@ def _write_broken_checkpoint(directory: Path, edit) -> Path:
         (lambda sd: sd.__setitem__("vit.extra_head.weight", torch.zeros(2)), ["unexpected", "extra_head.weight"]),
         (lambda sd: sd.__setitem__("decoder.decoder_pred.bias", torch.zeros(5)),
          ["shape-mismatched", "decoder_pred.bias", "(5,)"]),
-        (lambda sd: sd.pop("vit.encoder.layer.1.attention.attention.key.weight"),
+        (lambda sd: sd.pop(_key_weight_of_block_1(sd)),
          ["encoder.blocks.1.attn.qkv.weight", "key"]),
     ],
     ids=["missing-encoder", "missing-decoder", "renamed", "extra", "shape", "missing-key-part"],
