@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# lit-mae vs transformers on one H100/H200: about 5-6 minutes; each step capped, 11.2 minutes at most:
-#   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py), then the
-#      FSDP pretraining smoke test (tests/test_ddp.py -k fsdp; installs the package, no deps)
+# lit-mae vs transformers on one H100/H200: 3.5 minutes on an H200 (5 with a cold compile cache); each
+# step capped, 12 minutes at most:
+#   1. CUDA and CPU parity tests (tests/test_parity_cuda.py, tests/test_parity_hf.py), again with
+#      PARITY_SITE first on PYTHONPATH when set, then the FSDP pretraining smoke test
+#      (tests/test_ddp.py -k fsdp; installs the package without deps: needs jsonargparse importable)
 #   2. inference latency, base at 224 px, batches 1,2,4,8, eager and SDPA: fp32, then bf16 autocast;
 #      the kernels of one fp32 SDPA forward at batch 1, lit-mae beside transformers
-#   3. pretraining steps, base at 224 px, bf16 autocast, SDPA: compile off, then compile on
+#   3. pretraining steps, base at 224 px, bf16 autocast, SDPA: compile off and on, all timed in turns
 #
 #     bash benchmarks/gpu_check.sh                       # writes into ${OUT:-benchmarks/out}
 #     BATCH=32 TRAIN_REPEATS=30 bash benchmarks/gpu_check.sh
 #
 # A failing or timed-out step is recorded and the next one runs; the summary (status of every
 # step, then every table) is printed at the end and written to summary.md. The package need not
-# be installed (PYTHONPATH is the repository root); jsonargparse is not needed.
+# be installed (PYTHONPATH is the repository root); jsonargparse is needed by the FSDP step only.
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -23,6 +25,7 @@ PYTHON="${PYTHON:-python3}"
 BATCH="${BATCH:-64}"
 TRAIN_REPEATS="${TRAIN_REPEATS:-20}"
 INFER_REPEATS="${INFER_REPEATS:-30}"
+PARITY_SITE="${PARITY_SITE:-}"  # a folder holding another transformers: the parity tests run again with it
 mkdir -p "$OUT_DIR"
 TABLES="$(mktemp -d)"  # tables land here and are gathered into summary.md (few files come back)
 STATUS=()
@@ -42,7 +45,13 @@ run_step() {
     echo "   $verdict (rc $rc) in $((SECONDS - start)) s"
 }
 
-run_step parity 80 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_parity_cuda.py tests/test_parity_hf.py
+# the parity tests, after a line naming the transformers they compare against
+PARITY_PY="import sys, transformers, pytest; print('transformers', transformers.__version__, 'from', transformers.__file__); \
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_parity_cuda.py', 'tests/test_parity_hf.py']))"
+run_step parity 80 "$PYTHON" -c "$PARITY_PY"
+if [ -n "$PARITY_SITE" ]; then  # the same tests against another transformers (e.g. the version CI pins)
+    run_step parity_site 80 env PYTHONPATH="$PARITY_SITE:$PYTHONPATH" "$PYTHON" -c "$PARITY_PY"
+fi
 
 # FSDP (tests/test_ddp.py -k fsdp: every GPU, one shard unit per Block, bf16): it runs `python -m
 # lit_mae`, which needs the package installed (lit_mae.callbacks/datamodules are an install mapping)
@@ -54,16 +63,14 @@ for dtype in fp32 bf16; do
         --batches 1,2,4,8 --attn both --dtype "$dtype" --repeats "$INFER_REPEATS" --markdown "$TABLES/inference_$dtype.md"
 done
 
-# where the fp32 SDPA forward at batch 1 spends its kernels (lit-mae was 0.86-0.89x there on an H200)
+# the kernels of one fp32 SDPA forward at batch 1, where launches, not FLOPs, set the time
 run_step profile_fp32_b1 60 "$PYTHON" benchmarks/profile_forward.py --device cuda --preset base --img-size 224 \
     --batch 1 --attn sdpa --dtype fp32 --top 15 --markdown "$TABLES/profile_fp32_b1.md"
 
-for compile in off on; do
-    cap=$([ "$compile" = on ] && echo 200 || echo 70)  # on: two cold compiles
-    run_step "train_compile_$compile" "$cap" "$PYTHON" benchmarks/train_step.py --device cuda --presets base \
-        --img-size 224 --batch "$BATCH" --dtype bf16 --attn sdpa --compile "$compile" --repeats "$TRAIN_REPEATS" \
-        --markdown "$TABLES/train_compile_$compile.md"
-done
+# compile off and on in one group, timed in turns, so that lit-mae compiled vs transformers eager is one run's ratio
+run_step train_compile_both 240 "$PYTHON" benchmarks/train_step.py --device cuda --presets base --img-size 224 \
+    --batch "$BATCH" --dtype bf16 --attn sdpa --compile both --repeats "$TRAIN_REPEATS" \
+    --markdown "$TABLES/train_compile_both.md"
 
 {
     echo "# gpu_check summary"
@@ -77,9 +84,13 @@ done
     echo "|---|---|---|---|"
     printf '%s\n' "${STATUS[@]}"
     echo
-    grep -E "^(FAILED|ERROR) " "$OUT_DIR/parity.log" 2>/dev/null | head -n 15
-    tail -n 1 "$OUT_DIR/parity.log" 2>/dev/null | sed 's/^/parity tests: /'
-    for table in inference_fp32 inference_bf16 profile_fp32_b1 train_compile_off train_compile_on; do
+    for log in parity parity_site; do
+        [ -f "$OUT_DIR/$log.log" ] || continue
+        grep -m 1 "^transformers " "$OUT_DIR/$log.log"
+        grep -E "^(FAILED|ERROR) " "$OUT_DIR/$log.log" | head -n 15
+        tail -n 1 "$OUT_DIR/$log.log" | sed "s/^/$log tests: /"
+    done
+    for table in inference_fp32 inference_bf16 profile_fp32_b1 train_compile_both; do
         echo
         if [ -s "$TABLES/$table.md" ]; then cat "$TABLES/$table.md"; else echo "($table: no table; see $table.log)"; fi
     done
