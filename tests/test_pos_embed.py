@@ -5,19 +5,29 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import ViTMAEConfig
-from transformers.models.vit_mae.modeling_vit_mae import (
-    ViTMAEDecoder,
-    ViTMAEEmbeddings,
-    get_2d_sincos_pos_embed,
-)
+from transformers.models.vit_mae import modeling_vit_mae
+from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder, ViTMAEEmbeddings
 
 from lit_mae.models.pos_embed import resize_pos_embed, resize_pos_embed_flat, sincos_1d, sincos_2d
+
+
+def transformers_table(dim: int, side: int) -> torch.Tensor:
+    """transformers' fresh-init table for a side x side grid in the official layout, (1, 1+side^2, dim).
+
+    4.x copies the official numpy code (`get_2d_sincos_pos_embed`). 5.x builds it in torch with the
+    halves the other way round, [sin(row) | cos(row) | sin(col) | cos(col)] (checked on 5.17): its
+    halves are swapped back here. Released checkpoints carry their tables, so loading is unaffected.
+    """
+    if hasattr(modeling_vit_mae, "get_2d_sincos_pos_embed"):  # transformers 4.x
+        return torch.from_numpy(modeling_vit_mae.get_2d_sincos_pos_embed(dim, side, add_cls_token=True)).float()[None]
+    table = modeling_vit_mae.build_2d_sinusoidal_position_embedding(side, side, dim, cls_token=True).float()
+    return torch.cat([table[:, dim // 2:], table[:, :dim // 2]], dim=1)[None]
 
 
 @pytest.mark.parametrize("dim", [4, 16, 32, 768])
 @pytest.mark.parametrize("side", [1, 4, 7, 14])
 def test_sincos_2d_matches_transformers(dim, side):
-    expected = torch.from_numpy(get_2d_sincos_pos_embed(dim, side, add_cls_token=True)).float().unsqueeze(0)
+    expected = transformers_table(dim, side)
     table = sincos_2d(dim, (side, side))
     assert table.dtype == torch.float32
     assert table.shape == (1, 1 + side * side, dim)
