@@ -154,8 +154,6 @@ class PoisonedOnRankZero(LitMAE):
         return super()._forward((images, batch[1]), stream, step)
 
 
-@pytest.mark.filterwarnings(SKIP_WARNING)
-@pytest.mark.filterwarnings("ignore:.*sync_dist=True.*")
 class LeaveGlooTogether(Callback):
     """Both ranks leave the process group together at the end of fit. Left to interpreter exit, a spawned
     rank that exits while the other still holds its gloo connection can abort ("terminate called
@@ -167,6 +165,8 @@ class LeaveGlooTogether(Callback):
             torch.distributed.destroy_process_group()
 
 
+@pytest.mark.filterwarnings(SKIP_WARNING)
+@pytest.mark.filterwarnings("ignore:.*sync_dist=True.*")
 def test_skip_under_ddp_every_rank_skips_together(tiny_config, tmp_path, one_thread):
     # returning None on one rank alone would stop Lightning (or hang DDP's gradient all-reduce)
     system = PoisonedOnRankZero(config=tiny_config, lr=1e-3, warmup_epochs=0, on_nonfinite="skip")
