@@ -9,7 +9,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from lit_mae.interop import load_pretrained
-from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, patchify, preset_config
+from lit_mae.interop.loading import config_from_hparams
+from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, patchify, resolve_config
+from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var
 from lit_mae.optim import parameter_ndims, param_groups_weight_decay, warmup_cosine_scheduler
 from lit_mae.training import (
     NonFiniteGuard,
@@ -23,19 +25,6 @@ from lit_mae.training import (
 PresetName = Literal["tiny", "small", "base", "large", "huge"]
 
 
-def resolve_config(
-    config: MAEConfig | Mapping[str, Any] | None, preset: str | None, overrides: Mapping[str, Any] | None
-) -> MAEConfig:
-    """Exactly one of `config` or `preset`; `overrides` change fields of a preset."""
-    if (config is None) == (preset is None):
-        raise ValueError("give exactly one of `config` (a full MAEConfig) or `preset` (with `overrides`)")
-    if config is not None:
-        if overrides:
-            raise ValueError("`overrides` apply to a `preset`; put the fields in `config` instead")
-        return config if isinstance(config, MAEConfig) else MAEConfig.from_dict(config)
-    return preset_config(preset, **(overrides or {}))
-
-
 # the fields that change the weights' shapes or meaning (mask_ratio, norm_pix_loss, ... may change on a resume)
 ARCHITECTURE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
                        "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio", "qkv_bias")
@@ -44,8 +33,8 @@ ARCHITECTURE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth
 def _checkpoint_config(hparams: Mapping[str, Any]) -> MAEConfig | None:
     """The architecture a LitMAE checkpoint was written with, when its hyper-parameters tell."""
     try:
-        return resolve_config(hparams.get("config"), hparams.get("preset"), hparams.get("overrides"))
-    except (ValueError, TypeError):
+        return config_from_hparams(hparams, "checkpoint")
+    except ValueError:
         return None
 
 
@@ -164,8 +153,8 @@ class LitMAE(NonFiniteGuard, LightningModule):
         parts: dict[str, object] = {"pred": output.pred,
                                     "masked patches": f"{int(output.mask.sum())} of {output.mask.numel()}"}
         if self.config.norm_pix_loss:
-            variance = patchify(images.float(), self.config.patch_size).var(dim=-1)  # (B, L)
-            parts["norm_pix target variance"] = f"min {variance.min().item():.3g} (+1e-6 in the divisor)"
+            _, variance = patch_mean_var(patchify(images.float(), self.config.patch_size))  # (B, L, 1)
+            parts["norm_pix target variance"] = f"min {variance.min().item():.3g} (+{NORM_PIX_EPS:g} in the divisor)"
         return parts
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor | None:

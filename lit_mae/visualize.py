@@ -17,10 +17,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from lit_mae.models.ops import patchify, unpatchify
+from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var, patchify, unpatchify
 
 GREY = 0.5  # removed patches in the masked-input panel
-NORM_PIX_EPS = 1e-6  # as in `MaskedAutoencoderViT.forward_loss`
 
 
 def _as_pixels(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -43,8 +42,7 @@ def predicted_images(images: Tensor, pred: Tensor, patch_size: int, norm_pix_los
     B, C, H, W = images.shape
     if norm_pix_loss:
         target = patchify(images, patch_size)  # (B, L, p*p*C)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)  # unbiased, as the loss
+        mean, var = patch_mean_var(target)  # as the loss
         pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
     return unpatchify(pred, patch_size, (H // patch_size, W // patch_size), C)
 

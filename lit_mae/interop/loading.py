@@ -26,7 +26,7 @@ from lit_mae.interop.official import (
     CLASSIFIER_PREFIXES, CONFIG_KEY, DECODER_PREFIXES, official_kind, official_to_lit,
 )
 from lit_mae.interop.shapes import infer_config
-from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder, preset_config
+from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder, resolve_config
 
 FORMATS = ("lightning", "official-full", "official-encoder", "official-finetuned", "hf", "timm", "lit-mae")
 _FINAL_NORM = ("encoder.norm.weight", "encoder.norm.bias")
@@ -217,7 +217,7 @@ def _read(source: str | Path | Mapping[str, Any]) -> _Source:
     fmt, state = _classify(content, where)
     config, hints = None, {}
     if fmt == "lightning":
-        config = _config_from_hparams(content.get("hyper_parameters") or {}, where)
+        config = config_from_hparams(content.get("hyper_parameters") or {}, where)
     elif fmt.startswith("official") and "model" in content:
         saved, args = content.get(CONFIG_KEY), content.get("args")
         config = MAEConfig.from_dict(saved) if isinstance(saved, Mapping) else None
@@ -249,16 +249,15 @@ def _classify(content: Any, where: str) -> tuple[str, Mapping[str, Tensor]]:
                      f"official {{'model': ...}} file or a Lightning checkpoint; keys {sorted(map(str, content))[:8]})")
 
 
-def _config_from_hparams(hparams: Mapping[str, Any], where: str) -> MAEConfig | None:
-    """LitMAE stores `config` (a dict) or `preset` + `overrides`, and `mask_ratio`; the classifiers `config`."""
+def config_from_hparams(hparams: Mapping[str, Any], where: str) -> MAEConfig | None:
+    """The architecture in a lit-mae Lightning checkpoint's hyper-parameters, None when they hold none.
+
+    LitMAE stores `config` (a dict) or `preset` + `overrides`, and `mask_ratio`; the classifiers `config`.
+    """
+    if hparams.get("config") is None and hparams.get("preset") is None:
+        return None
     try:
-        if hparams.get("config") is not None:
-            config = hparams["config"]
-            arch = config if isinstance(config, MAEConfig) else MAEConfig.from_dict(config)
-        elif hparams.get("preset") is not None:
-            arch = preset_config(hparams["preset"], **(hparams.get("overrides") or {}))
-        else:
-            return None
+        arch = resolve_config(hparams.get("config"), hparams.get("preset"), hparams.get("overrides"))
         return arch.replace(mask_ratio=hparams["mask_ratio"]) if hparams.get("mask_ratio") is not None else arch
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: a Lightning checkpoint whose hyper_parameters describe no lit-mae model ({error})") from None

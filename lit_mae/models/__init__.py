@@ -13,10 +13,11 @@ from lit_mae.models.presets import (
     mae_vit_small,
     mae_vit_tiny,
     preset_config,
+    resolve_config,
 )
 
 __all__ = [
     "MAEConfig", "MAEOutput", "MaskedAutoencoderViT", "ViTEncoder", "EncoderOutput", "ViTClassifier",
-    "patchify", "unpatchify", "random_masking", "PRESETS", "preset_config",
+    "patchify", "unpatchify", "random_masking", "PRESETS", "preset_config", "resolve_config",
     "mae_vit_tiny", "mae_vit_small", "mae_vit_base", "mae_vit_large", "mae_vit_huge",
 ]

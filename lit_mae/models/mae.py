@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lit_mae.models.config import MAEConfig
 from lit_mae.models.encoder import EncoderOutput, ViTEncoder
 from lit_mae.models.layers import Block, init_weights
-from lit_mae.models.ops import patchify, restore_order, unpatchify
+from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var, patchify, restore_order, unpatchify
 from lit_mae.models.pos_embed import resize_pos_embed, resize_pos_embed_flat, sincos_2d
 
 
@@ -80,9 +80,8 @@ class MaskedAutoencoderViT(nn.Module):
         """Per-patch MSE, averaged over removed patches; targets normalised per patch if configured."""
         target = patchify(images, self.config.patch_size)  # (B, L, p*p*C)
         if self.config.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
-            target = (target - mean) / (var + 1e-6) ** 0.5
+            mean, var = patch_mean_var(target)
+            target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
         per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, L)
         return (per_patch * mask).sum() / mask.sum()
 

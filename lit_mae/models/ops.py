@@ -19,6 +19,14 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.reshape(B, h * w, p * p * C)
 
 
+NORM_PIX_EPS = 1e-6  # norm_pix_loss: added to each patch's variance before the square root
+
+
+def patch_mean_var(patches: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, p*p*C) -> each patch's mean and UNBIASED variance (as the official code), (B, L, 1) each."""
+    return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+
+
 def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
     """(B, L, p*p*C) -> (B, C, H, W) for a patch grid (h, w) with L = h*w; inverse of `patchify`."""
     B, L, _ = patches.shape

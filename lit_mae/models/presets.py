@@ -5,7 +5,7 @@ Each preset is a plain function taking field overrides, e.g. `mae_vit_base(norm_
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lit_mae.models.config import MAEConfig
 
@@ -57,3 +57,16 @@ def preset_config(name: str, **overrides: Any) -> MAEConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name](**overrides)
+
+
+def resolve_config(
+    config: MAEConfig | Mapping[str, Any] | None, preset: str | None, overrides: Mapping[str, Any] | None
+) -> MAEConfig:
+    """Exactly one of `config` or `preset`; `overrides` change fields of a preset."""
+    if (config is None) == (preset is None):
+        raise ValueError("give exactly one of `config` (a full MAEConfig) or `preset` (with `overrides`)")
+    if config is not None:
+        if overrides:
+            raise ValueError("`overrides` apply to a `preset`; put the fields in `config` instead")
+        return config if isinstance(config, MAEConfig) else MAEConfig.from_dict(config)
+    return preset_config(preset, **(overrides or {}))
