@@ -118,9 +118,9 @@ def load_encoder_weights(
     state = {k: v for k, v in src.state.items() if not k.startswith(DECODER_PREFIXES + CLASSIFIER_PREFIXES)}
     dropped = sorted(set(src.state) - set(state))
     fresh = _missing_final_norm(state, dropped)
-    _check_fit(_encoder_template(arch), state, src.where, fresh)
-    fresh_norm = nn.LayerNorm(arch.embed_dim, eps=arch.layer_norm_eps).state_dict()
-    state.update({f"encoder.norm.{k}": v for k, v in fresh_norm.items() if f"encoder.norm.{k}" in fresh})
+    template = _encoder_template(arch)
+    _check_fit(template, state, src.where, fresh)
+    state.update({k: template[k] for k in fresh})  # a fresh final norm: LayerNorm's 1 / 0
     report = _report(src, config_from, fresh, dropped, notes)
     return EncoderWeights(arch, {k.removeprefix("encoder."): v for k, v in state.items()}, report)
 

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lit_mae.interop.official import ExportableModel, model_config
-from lit_mae.models import MaskedAutoencoderViT, ViTClassifier, ViTEncoder
+from lit_mae.interop.official import ExportableModel, model_config, official_state_dict
+from lit_mae.models import MaskedAutoencoderViT, ViTClassifier
 
 TimmPool = Literal["token", "avg"]
 
@@ -39,15 +39,10 @@ def export_timm(model: ExportableModel, pool: TimmPool | None = None) -> dict[st
     eval-mode function). `pool` defaults to the classifier's own, else "token".
     """
     pool = _pool_of(model, pool)
-    if isinstance(model, MaskedAutoencoderViT):
-        model = model.encoder
-    if isinstance(model, ViTEncoder):
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = official_state_dict(model.encoder if isinstance(model, MaskedAutoencoderViT) else model)
     if not isinstance(model, ViTClassifier):
-        raise TypeError(f"cannot export a {type(model).__name__}: expected MaskedAutoencoderViT, ViTEncoder or ViTClassifier")
-    skip = ("encoder.norm.",) if pool == "avg" else ()
-    state = {k.removeprefix("encoder."): v.detach().clone() for k, v in model.state_dict().items()
-             if k.startswith(("encoder.", "fc_norm.")) and not k.startswith(skip)}
+        return state  # models_vit names are timm's
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the head comes back folded
     weight, bias = model.head.weight.detach(), model.head.bias.detach()
     norm = model.head_norm
     if isinstance(norm, nn.BatchNorm1d):  # W (x - mean) / std + b == (W / std) x + (b - (W / std) mean)
