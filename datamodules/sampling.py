@@ -16,7 +16,6 @@ resumed from an end-of-epoch checkpoint starts the next epoch.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any, Iterator, Sized
 
@@ -24,13 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from lit_mae.training import derive_seed
+
 SampleKey = tuple[int, int]  # (dataset index, seed of its augmentation)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, e.g. (seed, "order", epoch); unrelated parts give unrelated seeds."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class EpochSampler(Sampler):
@@ -75,7 +70,9 @@ class SeededSamples(Dataset):
     """`dataset` read with reproducible randomness: key `(index, seed)` seeds torch's (CPU),
     Python's and NumPy's RNGs for that one sample; a plain index reads the sample as `dataset`
     would (monitors and feature encoders iterate it that way). In the main process the RNGs are
-    put back as they were afterwards; a worker process's RNGs serve only its dataset."""
+    put back as they were afterwards; a worker process's RNGs serve only its dataset.
+    `__getitems__` (which the DataLoader calls with a batch's keys) reads them as `__getitem__`
+    would, saving and restoring the RNGs once per batch rather than once per sample."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -83,18 +80,24 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | SampleKey) -> Any:
-        if not isinstance(key, tuple):
-            return self.dataset[key]
+    def _read_seeded(self, key: SampleKey) -> Any:
         index, seed = key
+        _seed_global_rngs(seed)
+        return self.dataset[index]
+
+    def __getitem__(self, key: int | SampleKey) -> Any:
+        return self.dataset[key] if not isinstance(key, tuple) else self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[int | SampleKey]) -> list[Any]:
+        if not all(isinstance(key, tuple) for key in keys):
+            return [self[key] for key in keys]  # plain indices read the live RNGs, one at a time
         if get_worker_info() is not None:
-            _seed_global_rngs(seed)
-            return self.dataset[index]
+            return [self._read_seeded(key) for key in keys]
+        # each seeded read reseeds all three RNGs: only the state before the batch needs keeping
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             try:
-                _seed_global_rngs(seed)
-                return self.dataset[index]
+                return [self._read_seeded(key) for key in keys]
             finally:
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)

@@ -67,10 +67,15 @@ def schedule_steps(trainer: Trainer, warmup_epochs: float) -> tuple[int, int]:
     return total, min(total, round(warmup_epochs * max(1, per_epoch)))
 
 
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, "order", epoch); unrelated parts give unrelated seeds."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
 def step_generator(seed: int, step: int, rank: int, stream: str = "train") -> torch.Generator:
     """A CPU generator seeded from (seed, step, rank, stream), so masks survive a resume."""
-    digest = hashlib.blake2b(f"{seed}/{stream}/{step}/{rank}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return torch.Generator().manual_seed(derive_seed(seed, stream, step, rank))
 
 
 # --- non-finite losses ---------------------------------------------------------------------------
