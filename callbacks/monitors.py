@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lit_mae.feature_cache import encode_dataset
 from lit_mae.models.encoder import PoolKind
 from lit_mae.training import images_of
 
@@ -210,14 +211,14 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Te
     return torch.cat(predictions)
 
 
-def _single_loader(loaders: Any) -> DataLoader | None:
+def single_loader(loaders: Any) -> DataLoader | None:
     """The DataLoader of `trainer.train_dataloader` / `val_dataloaders`, or the first of several."""
     if isinstance(loaders, DataLoader):
         return loaders
     if isinstance(loaders, Sequence) and loaders and isinstance(loaders[0], DataLoader):
         return loaders[0]
     if isinstance(loaders, dict) and loaders:
-        return _single_loader(next(iter(loaders.values())))
+        return single_loader(next(iter(loaders.values())))
     return None
 
 
@@ -260,23 +261,14 @@ class KNNMonitor(Callback):
         if limit is not None and limit < len(dataset):
             chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
             dataset = Subset(dataset, chosen.tolist())
-        # no shuffling, and its own generator, so the global RNG (the training order) is untouched
-        ordered = DataLoader(dataset, batch_size=loader.batch_size or 1, shuffle=False,
-                             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                             generator=torch.Generator())
-        features, labels = [], []
-        for batch in ordered:
-            batch = trainer.strategy.batch_to_device(batch)  # with the DataModule's transfer hooks
-            batch_labels = labels_of(batch)
-            if batch_labels is None:
-                return None
-            features.append(F.normalize(encode(pl_module, images_of(batch)), dim=1))  # (B, D)
-            labels.append(batch_labels)
-        if not features:
+        encoded = encode_dataset(loader, lambda images: F.normalize(encode(pl_module, images), dim=1),
+                                 trainer.strategy.batch_to_device, dataset=dataset, labels_of=labels_of,
+                                 to_cpu=False)  # the bank stays on the module's device
+        if encoded is None:
             return None
-        features_all, labels_all = torch.cat(features), torch.cat(labels)
-        keep = labels_all >= 0
-        return features_all[keep], labels_all[keep]
+        features, labels = encoded  # (N, D), (N,)
+        keep = labels >= 0
+        return features[keep], labels[keep]
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -284,8 +276,8 @@ class KNNMonitor(Callback):
         if name := sharded_strategy(trainer):
             self._switch_off(f"the encoder is sharded by {name}")
             return
-        train_loader = _single_loader(trainer.train_dataloader)
-        val_loader = _single_loader(trainer.val_dataloaders)
+        train_loader = single_loader(trainer.train_dataloader)
+        val_loader = single_loader(trainer.val_dataloaders)
         if train_loader is None or val_loader is None:
             self._switch_off("needs a training and a validation DataLoader")
             return

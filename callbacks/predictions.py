@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lit_mae.callbacks.monitors import distributed, labels_of
+from lit_mae.callbacks.monitors import distributed, labels_of, single_loader
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -68,7 +68,8 @@ class EmbeddingWriter(BasePredictionWriter):
         if "labels" in result and not bool((result["labels"] >= 0).any()):
             del result["labels"]  # all unlabelled
         if "indices" in result:
-            sources = getattr(_dataset(trainer), "sources", None)
+            dataset = getattr(single_loader(trainer.predict_dataloaders), "dataset", None)
+            sources = getattr(dataset, "sources", None)
             flat = result["indices"].tolist()
             if sources is not None and all(isinstance(sources[i], (str, os.PathLike)) for i in flat):
                 result["paths"] = [str(sources[i]) for i in flat]
@@ -124,9 +125,3 @@ def _as_dict(output: Any) -> dict[str, Tensor]:
         return output
     raise TypeError("EmbeddingWriter needs predict_step to return an (B, D) tensor or a dict with an "
                     f"'embedding' tensor, got {type(output).__name__}")
-
-
-def _dataset(trainer: Trainer) -> Any:
-    loaders = trainer.predict_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    return getattr(loader, "dataset", None)

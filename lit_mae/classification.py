@@ -209,9 +209,11 @@ class LitLinearProbe(LitClassifier):
         if not isinstance(loader, DataLoader):
             return loader  # several loaders: served as they are
         if hook not in self._features:
-            self._features[hook] = encode_dataset(loader, self.model.forward_features,
-                                                  self.trainer.strategy.batch_to_device,
-                                                  self.trainer.precision_plugin.forward_context)
+            encoded = encode_dataset(loader, self.model.forward_features, self.trainer.strategy.batch_to_device,
+                                     self.trainer.precision_plugin.forward_context)
+            if encoded is None:
+                raise ValueError(f"LitLinearProbe.cache_features: the DataModule's {hook} has no batches to encode")
+            self._features[hook] = encoded
         return loader_like(loader, *self._features[hook])
 
 

@@ -13,7 +13,9 @@ from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lit_mae.training import images_of
 
 
 def _labels_of(batch: Any) -> Tensor:
@@ -25,22 +27,32 @@ def _labels_of(batch: Any) -> Tensor:
 @torch.no_grad()
 def encode_dataset(loader: DataLoader, encode: Callable[[Tensor], Tensor],
                    to_device: Callable[[Any], Any] = lambda batch: batch,
-                   context: Callable[[], ContextManager] = contextlib.nullcontext) -> tuple[Tensor, Tensor]:
-    """(N, D) float32 features and (N,) labels of `loader.dataset`, in dataset order, on the CPU.
+                   context: Callable[[], ContextManager] = contextlib.nullcontext, *,
+                   dataset: Dataset | None = None, labels_of: Callable[[Any], Tensor | None] = _labels_of,
+                   to_cpu: bool = True) -> tuple[Tensor, Tensor] | None:
+    """(N, D) float32 features and (N,) labels of `dataset` (default `loader.dataset`), in dataset order.
 
     Iterates a copy of `loader` without shuffling and with its own generator, so the global RNG
     (which draws the training order) is left as it was. `to_device` moves a batch as the Trainer
-    does (with the DataModule's transfer hooks, e.g. normalising uint8 images).
+    does (with the DataModule's transfer hooks, e.g. normalising uint8 images). Both are on the CPU,
+    or with `to_cpu=False` where `to_device` put the batches. None when `labels_of` finds no labels
+    in a batch (the default raises instead), or when there are no batches.
     """
-    ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False,
-                         num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+    ordered = DataLoader(loader.dataset if dataset is None else dataset, batch_size=loader.batch_size or 1,
+                         shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                          pin_memory=loader.pin_memory, generator=torch.Generator())
     features, labels = [], []
     for batch in ordered:
         batch = to_device(batch)
+        batch_labels = labels_of(batch)  # (B,)
+        if batch_labels is None:
+            return None
         with context():
-            features.append(encode(batch[0]).float().cpu())  # (B, D)
-        labels.append(_labels_of(batch).cpu())
+            batch_features = encode(images_of(batch)).float()  # (B, D)
+        features.append(batch_features.cpu() if to_cpu else batch_features)
+        labels.append(batch_labels.cpu() if to_cpu else batch_labels)
+    if not features:
+        return None
     return torch.cat(features), torch.cat(labels)
 
 
