@@ -12,7 +12,10 @@ import importlib
 import inspect
 import re
 import sys
+from datetime import timedelta
 from typing import NoReturn
+
+import torch
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -131,6 +134,21 @@ def main(args: list[str] | None = None) -> None:
         visualize_main(argv[1:])
         return
     run_cli(args)
+    leave_process_group()
+
+
+def leave_process_group(timeout: timedelta = timedelta(seconds=60)) -> None:
+    """After a run, leave torch.distributed (Lightning leaves its group to interpreter exit). With
+    gloo every rank first waits for the others: otherwise a rank whose peer has already gone can
+    abort at exit ("terminate called without an active exception", exit code -6) although the
+    work is done and saved. A rank that never comes is named after `timeout`."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        if torch.distributed.get_backend() == "gloo":
+            torch.distributed.monitored_barrier(timeout=timeout)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

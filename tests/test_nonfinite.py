@@ -14,6 +14,7 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from conftest import REPO_ROOT, ImageDataModule, ImageDataset
 from lit_mae import LitFineTune, LitLinearProbe, LitMAE
+from lit_mae.cli import leave_process_group
 
 SKIP_WARNING = "ignore:skipping the update:UserWarning"
 pytestmark = [pytest.mark.filterwarnings("ignore:`training_step` returned `None`"),  # Lightning's, once
@@ -155,14 +156,11 @@ class PoisonedOnRankZero(LitMAE):
 
 
 class LeaveGlooTogether(Callback):
-    """Both ranks leave the process group together at the end of fit. Left to interpreter exit, a spawned
-    rank that exits while the other still holds its gloo connection can abort ("terminate called
-    without an active exception", SIGABRT; seen once in CI on 2026-11-27)."""
+    """The ranks leave the process group as `python -m lit_mae` does after a run (see
+    `lit_mae.cli.leave_process_group`); ddp_spawn's workers would otherwise leave it at exit."""
 
     def teardown(self, trainer, pl_module, stage) -> None:
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.mark.filterwarnings(SKIP_WARNING)
