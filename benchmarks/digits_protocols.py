@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from lit_mae.cli import run_cli
+from lit_mae.cli.lightning_cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -29,7 +29,7 @@ args = ["--config", "configs/cifar10/pretrain.yaml",
         "--trainer.max_steps", "150", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
         "--trainer.callbacks", "[]"]
-from lit_mae.cli import LitMAECLI, LitMAEArgumentParser
+from lit_mae.cli.lightning_cli import LitMAECLI, LitMAEArgumentParser
 from lightning.pytorch import LightningModule, LightningDataModule
 cli = LitMAECLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                 parser_class=LitMAEArgumentParser, args=args + sys.argv[2:], run=False, save_config_callback=None)

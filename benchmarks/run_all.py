@@ -1,12 +1,13 @@
-"""Every speed table against transformers on this machine, in one markdown file (and the README).
+"""Every speed table against transformers on this machine, in one markdown file (and benchmarks/RESULTS.md).
 
     python benchmarks/run_all.py              # -> benchmarks/RESULTS_cpu.md (RESULTS_cuda.md on a GPU)
-    python benchmarks/run_all.py --readme     # also replaces the README's block between the markers
+    python benchmarks/run_all.py --results    # also replaces the block between the markers in RESULTS.md
     python benchmarks/run_all.py --smoke      # the same scripts on a 32 px model: proves it runs
 
 Each table comes from one run of `train_step.py` or `inference.py` in its own process (a fresh
 compile cache and allocator per table). The file starts with the machine, the command, the load
 average before and after, and the wall time; a failed script leaves its exit status in the file.
+`--readme` is the old name of `--results` (the tables used to live in the README).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ import torch
 from _common import cpu_model
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- benchmarks/run_all.py:begin -->", "<!-- benchmarks/run_all.py:end -->"
 
 # (script, arguments): ViT-S and ViT-B at 224 px as the issue's targets name them; 2-core CPUs
@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="the markdown file (default benchmarks/RESULTS_<device>.md)")
-    parser.add_argument("--readme", action="store_true", help=f"also put the tables into README.md between {BEGIN} "
-                                                              f"and {END}")
+    parser.add_argument("--results", "--readme", dest="results", action="store_true",
+                        help=f"also put the tables into benchmarks/RESULTS.md between {BEGIN} and {END} "
+                             "(--readme: the old name)")
     parser.add_argument("--smoke", action="store_true", help="a 32 px model through every script")
     args = parser.parse_args(argv)
     args.out = args.out or HERE / f"RESULTS_{args.device}.md"
@@ -111,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     tables = [run_table(script, arguments, args.device) for script, arguments in plan]
     minutes = (time.perf_counter() - start) / 60
     command = shlex.join(["python", "benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
-    header = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine()} with `{command}` "
+    header = (f"Measured on {machine()} with `{command}` "
               f"({minutes:.1f} min; load average {load_before} before, {load_average()} after).")
     body = "\n\n".join([header, *tables])
     args.out.write_text(f"# lit-mae against transformers: every speed table\n\n{body}\n")
     print(f"wrote {args.out}")
-    if args.readme:
-        replace_block(README, body)
-        print(f"updated {README}")
+    if args.results:
+        replace_block(RESULTS, body)
+        print(f"updated {RESULTS}")
     return 0 if all("exited with status" not in table for table in tables) else 1
 
 

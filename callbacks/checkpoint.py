@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_mae.checkpointing import PARTIAL_SUFFIX, AtomicCheckpointIO, replace_with_symlink
+from lit_mae.callbacks.checkpoint_io import PARTIAL_SUFFIX, AtomicCheckpointIO, replace_with_symlink
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` (same arguments) whose files are always whole: a run killed at any moment,
     even while saving, resumes from an intact `last.ckpt` and loses at most one interval.
 
-    - Files are written by `lit_mae.checkpointing.AtomicCheckpointIO` (staged beside the target,
+    - Files are written by `lit_mae.callbacks.checkpoint_io.AtomicCheckpointIO` (staged beside the target,
       fsynced, renamed), which this callback installs when the Trainer uses Lightning's default
       writer (a custom `CheckpointIO` plugin is kept, with a warning).
     - `save_last: link` swaps the link in one rename (Lightning removes it, then links anew), and
@@ -43,7 +43,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         elif not isinstance(writer, AtomicCheckpointIO):
             log.warning("AtomicModelCheckpoint: the Trainer writes checkpoints with %s, kept as given; files "
-                        "are atomic only with lit_mae.checkpointing.AtomicCheckpointIO", type(writer).__name__)
+                        "are atomic only with lit_mae.callbacks.checkpoint_io.AtomicCheckpointIO", type(writer).__name__)
         if trainer.is_global_zero and self.dirpath is not None and os.path.isdir(self.dirpath):
             for staging in Path(self.dirpath).glob(f".*{PARTIAL_SUFFIX}"):  # left by a killed run
                 staging.unlink(missing_ok=True)

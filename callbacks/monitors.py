@@ -21,22 +21,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lit_mae.feature_cache import encode_dataset
+from lit_mae.datamodules.batch import read_batch
 from lit_mae.models.encoder import PoolKind
-from lit_mae.training import images_of
+from lit_mae.systems.feature_cache import encode_dataset
 
 log = logging.getLogger(__name__)
-
-
-def labels_of(batch: object) -> Tensor | None:
-    """The labels (B,) of an `(images, labels, ...)` batch or a dict with "labels"/"label"; else None."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
-        return batch[1]
-    if isinstance(batch, dict):
-        for key in ("labels", "label"):
-            if isinstance(batch.get(key), Tensor):
-                return batch[key]
-    return None
 
 
 def sharded_strategy(trainer: Trainer) -> str | None:
@@ -128,21 +117,21 @@ class OnlineLinearProbe(Callback):
 
     def _labelled(self, batch: object) -> tuple[Tensor, Tensor] | None:
         """(images, labels) of the labelled samples of a batch, or None when it has none."""
-        labels = labels_of(batch)
+        images, labels = read_batch(batch)
         if labels is None:
             return None
         keep = labels >= 0
-        return images_of(batch)[keep], labels[keep]
+        return images[keep], labels[keep]
 
     def _global_batch(self, trainer: Trainer, pl_module: LightningModule, batch: object
                       ) -> tuple[Tensor, Tensor] | None:
         """(features (N, D), labels (N,)) of the labelled samples of every rank's batch; None: no labels."""
-        labels = labels_of(batch)
+        images, labels = read_batch(batch)
         if labels is None:
             return None
         # the whole local batch, labelled or not, so that every rank sends the same shapes whatever
         # its labels; the unlabelled rows are dropped after gathering
-        features = gather_rows(trainer, encode(pl_module, images_of(batch), self.pool))  # (N, D), detached
+        features = gather_rows(trainer, encode(pl_module, images, self.pool))  # (N, D), detached
         labels = gather_rows(trainer, labels)  # (N,)
         keep = labels >= 0
         return features[keep], labels[keep]
@@ -262,9 +251,9 @@ class KNNMonitor(Callback):
             chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
             dataset = Subset(dataset, chosen.tolist())
         encoded = encode_dataset(loader, lambda images: F.normalize(encode(pl_module, images), dim=1),
-                                 trainer.strategy.batch_to_device, dataset=dataset, labels_of=labels_of,
+                                 trainer.strategy.batch_to_device, dataset=dataset,
                                  to_cpu=False)  # the bank stays on the module's device
-        if encoded is None:
+        if encoded is None or encoded[1] is None:
             return None
         features, labels = encoded  # (N, D), (N,)
         keep = labels >= 0

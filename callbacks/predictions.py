@@ -12,7 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lit_mae.callbacks.monitors import distributed, labels_of, single_loader
+from lit_mae.callbacks.monitors import distributed, single_loader
+from lit_mae.datamodules.batch import read_batch
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -44,7 +45,7 @@ class EmbeddingWriter(BasePredictionWriter):
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx != 0:
             raise ValueError("EmbeddingWriter writes the predictions of one predict dataloader; got several")
-        labels = labels_of(batch)
+        labels = read_batch(batch).labels
         self._labels.append(None if labels is None else labels.detach().cpu())
 
     def output_path(self, trainer: Trainer) -> Path:

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from lit_mae.callbacks.monitors import sharded_strategy
-from lit_mae.training import images_of
+from lit_mae.datamodules.batch import read_batch
 from lit_mae.visualize import reconstruction_grid, save_png
 
 
@@ -58,7 +58,7 @@ class ReconstructionGridLogger(Callback):
             return
         have = sum(len(chunk) for chunk in self._images)
         if have < self.num_images:
-            self._images.append(images_of(batch)[: self.num_images - have].detach().float().cpu())
+            self._images.append(read_batch(batch).images[: self.num_images - have].detach().float().cpu())
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:

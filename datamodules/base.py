@@ -2,8 +2,8 @@
 
 Datasets yield `(pixels, label)` with uint8 pixels (C, S, S) (or already normalised floats from
 PIL-based recipes) and label -1 when there are none. A corrupt file yields None instead: the
-collate function drops it and counts it, and `on_after_batch_transfer` turns the batch into
-`(images, labels)` with float images normalised by `mean`/`std`, on the device the model is on.
+collate function drops it and counts it in the `LoadedBatch`, and `on_after_batch_transfer` hands
+the model a `Batch` with float images normalised by `mean`/`std`, on the device the model is on.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from lit_mae.datamodules.batch import Batch, LoadedBatch, read_batch
 from lit_mae.datamodules.images import UnreadableImageError
 from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
 from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pipeline, resolve_augment
@@ -53,15 +54,13 @@ class ImageSamples(Dataset):
             return None
 
 
-def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor, int]:
-    """(pixels (B, C, S, S), labels (B,), number of unreadable samples dropped) of a batch.
-
-    The count stays a Python int: reading it never waits for the device."""
+def collate_skipping(samples: list[tuple[Tensor, int] | None]) -> LoadedBatch:
+    """`LoadedBatch(pixels (B, C, S, S), labels (B,), number of unreadable samples dropped)`."""
     kept = [sample for sample in samples if sample is not None]
     if not kept:
         raise UnreadableImageError("(a whole batch)", f"all {len(samples)} images of the batch are unreadable")
     pixels, labels = default_collate(kept)
-    return pixels, labels, len(samples) - len(kept)
+    return LoadedBatch(pixels, labels, len(samples) - len(kept))
 
 
 class BaseImageDataModule(ResumableTrainData, LightningDataModule):
@@ -142,13 +141,11 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
                 (torch.tensor(values) * scale).view(1, -1, 1, 1).to(device) for values in (self.mean, self.std))
         return self._on_device[device]
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
-            return batch
-        pixels, labels, skipped = batch
-        if skipped:
-            self._count_skipped(int(skipped))
-        return self.normalise(pixels), labels
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Batch:
+        if isinstance(batch, LoadedBatch) and batch.skipped:
+            self._count_skipped(batch.skipped)
+        images, labels = read_batch(batch)
+        return Batch(self.normalise(images), labels)
 
     def _count_skipped(self, count: int) -> None:
         self.skipped_files += count

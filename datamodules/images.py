@@ -1,7 +1,7 @@
 """Reading image files: any mode as upright RGB (or L), corrupt files reported, crops decoded cheaply.
 
 Everything returns uint8 tensors (C, H, W); normalisation happens later on the whole batch, on the
-device (`ImageDataModule.on_after_batch_transfer`), so workers never touch floats.
+device (`BaseImageDataModule.on_after_batch_transfer`), so workers never touch floats.
 """
 
 from __future__ import annotations

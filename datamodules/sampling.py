@@ -16,6 +16,7 @@ resumed from an end-of-epoch checkpoint starts the next epoch.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any, Iterator, Sized
 
@@ -23,9 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from lit_mae.training import derive_seed
-
 SampleKey = tuple[int, int]  # (dataset index, seed of its augmentation)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, "order", epoch); unrelated parts give unrelated seeds.
+    Every seeded stream of lit-mae comes from it: data order, augmentation, workers, and masks."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class EpochSampler(Sampler):

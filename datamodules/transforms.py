@@ -1,4 +1,4 @@
-"""Each MAE stage's image transforms (../shared/MAE_REFERENCE.md section 3), in one place.
+"""Each MAE stage's image transforms (the official pretraining, linear-probe and fine-tuning recipes), in one place.
 
 Training recipes, as `Augment` values in `RECIPES`:
 

@@ -14,9 +14,10 @@ from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT
 __version__ = "0.1.0"
 
 _LAZY = {
-    "LitMAE": "lit_mae.pretrain",
-    "LitLinearProbe": "lit_mae.classification",
-    "LitFineTune": "lit_mae.classification",
+    "LitMAE": "lit_mae.systems",
+    "LitLinearProbe": "lit_mae.systems",
+    "LitFineTune": "lit_mae.systems",
+    "CachedFeatures": "lit_mae.systems",
 }
 
 __all__ = ["MAEConfig", "MAEOutput", "MaskedAutoencoderViT", *_LAZY]

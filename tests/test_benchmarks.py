@@ -137,10 +137,17 @@ def test_run_all_smoke_gathers_every_table_into_one_file(tmp_path):
     assert "exited with status" not in text
 
 
-def test_readme_has_one_block_for_run_all():
-    text = (REPO_ROOT / "README.md").read_text()
-    for marker in ("<!-- benchmarks/run_all.py:begin -->", "<!-- benchmarks/run_all.py:end -->"):
+def test_results_has_one_block_for_run_all():
+    """`run_all.py --results` (old name `--readme`) replaces the block in benchmarks/RESULTS.md."""
+    markers = ("<!-- benchmarks/run_all.py:begin -->", "<!-- benchmarks/run_all.py:end -->")
+    text = (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text()
+    for marker in markers:
         assert text.count(marker) == 1, marker
+    assert text.index(markers[0]) < text.index(markers[1])
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert not any(marker in readme for marker in markers)
+    usage = run_script("run_all.py", "--help")
+    assert "--results" in usage and "--readme" in usage
 
 
 def test_profile_forward_smoke_lists_the_ops_of_both_implementations(tmp_path):

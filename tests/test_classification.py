@@ -118,9 +118,13 @@ def test_fine_tune_at_another_resolution_resizes_the_position_table(pretrained_c
 
 
 def test_random_init_baseline_from_config(make_trainer):
-    tune = LitFineTune(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10, lr=1e-3)
+    config = MAEConfig(**tiny_config_values())
+    tune = LitFineTune(pretrained=None, config=config, num_classes=10, lr=1e-3)
+    assert tune.arch.replace(drop_path_rate=0.0) == config.replace(drop_path_rate=0.0)  # the config's encoder
+    start = {k: v.clone() for k, v in tune.model.state_dict().items()}
     make_trainer(max_steps=2).fit(tune, digits())
-    assert torch.isfinite(tune.model.head.weight).all()
+    moved = [k for k, v in tune.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert "head.weight" in moved and any(k.startswith("encoder.blocks.") for k in moved)  # all of it trains
 
 
 def test_a_file_that_is_not_a_checkpoint_fails_naming_it(tmp_path):

@@ -39,8 +39,10 @@ def test_logits_match_timm_vision_transformer(pool, timm_pool):
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert (ours(images) - reference(images)).abs().max().item() <= 1e-5
+        tokens = ours.forward_features(images)  # the same vocabulary as timm: tokens, then the head
+        assert (tokens - reference.forward_features(images)).abs().max().item() <= 1e-5
         pooled = reference.forward_head(reference.forward_features(images), pre_logits=True)
-        assert (ours.forward_features(images) - pooled).abs().max().item() <= 1e-5
+        assert (ours.forward_head(tokens, pre_logits=True) - pooled).abs().max().item() <= 1e-5
 
 
 def test_avg_pool_skips_the_final_norm_and_cls_pool_uses_it():
@@ -66,7 +68,7 @@ def test_probe_head_batchnorm_has_no_affine_and_standardises_with_running_stats(
         bn.running_var.uniform_(0.5, 2.0)
         features = torch.randn(5, 32)
         expected = model.head((features - bn.running_mean) / torch.sqrt(bn.running_var + 1e-6))
-        assert torch.allclose(model.forward_head(features), expected, atol=1e-6)
+        assert torch.allclose(model.classify(features), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("std", [0.01, 2e-5])

@@ -172,6 +172,31 @@ def _assert_rejected_with_hint(code: int, stderr: str, wrong: str, right: str, o
         assert name in valid, (name, hint[-1])
 
 
+@pytest.mark.parametrize("typo, expected", [
+    ("model_arg", ("base_lrr", "lit_mae.LitMAE", True)),
+    ("config_arg", ("num_head", "lit_mae.MAEConfig", True)),
+    ("trainer_arg", ("max_epocs", "trainer", False)),
+    ("trainer_yaml", ("max_epoch", "trainer", False)),
+])
+def test_unknown_keys_reads_what_jsonargparse_says(parse_dir, monkeypatch, typo, expected):
+    """The canary of `unknown_keys`, the one reader of jsonargparse's message text: it fails when
+    jsonargparse words an unknown key otherwise (the hints would then silently vanish)."""
+    from lit_mae.cli import lightning_cli
+
+    messages, error = [], lightning_cli.LightningArgumentParser.error
+
+    def recording_error(self, message, ex=None):
+        messages.append(message)  # every parser's message, nested ones too; then jsonargparse's own error
+        error(self, message, ex)
+
+    monkeypatch.setattr(lightning_cli.LightningArgumentParser, "error", recording_error)
+    monkeypatch.setattr(sys, "argv", ["lightning"])
+    with pytest.raises(SystemExit):
+        lightning_cli.run_cli(_fit_args(parse_dir, typo))
+    found = [tuple(key) for message in messages for key in lightning_cli.unknown_keys(message)]
+    assert expected in found, messages
+
+
 def test_misspelled_config_field_in_yaml_is_rejected_by_the_script(parsed):
     result = parsed["typo"]
     _assert_rejected_with_hint(result.returncode, result.stderr, "embed_dimm", "embed_dim", ["depth", "mask_ratio"])
@@ -224,12 +249,13 @@ def test_misspelled_trainer_argument_gets_a_suggestion(parse_dir, parse):
 def test_linprobe_and_finetune_configs_run_on_the_pretrain_checkpoint(fitted):
     """The chain of the README: the probe and fine-tune configs read runs/pretrain/checkpoints/last.ckpt,
     end by testing their best checkpoint, and their checkpoints work with validate and test."""
-    quick = ["--data.init_args.image_size", "16", "--data.init_args.batch_size", "16",
-             "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
+    quick = ["--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
              "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0.1"]
+    data = {"linprobe": "--data.init_args.images.init_args.", "finetune": "--data.init_args."}  # probe: CachedFeatures
     names = ("linprobe", "finetune")
     configs = {name: str(REPO_ROOT / "configs" / f"{name}.yaml") for name in names}
-    results = run_all([[*LIGHTNING, "fit", "--config", configs[name], *quick] for name in names], fitted)
+    results = run_all([[*LIGHTNING, "fit", "--config", configs[name], *quick, f"{data[name]}image_size", "16",
+                        f"{data[name]}batch_size", "16"] for name in names], fitted)
     for result, name in zip(results, names):
         assert_ok(result)
         assert (fitted / "runs" / name / "checkpoints" / "last.ckpt").is_file()

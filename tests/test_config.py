@@ -101,7 +101,7 @@ def test_replace_validates(overrides, field):
         tiny().replace(**overrides)
 
 
-# MAE_REFERENCE.md section 1: name -> (patch, D, depth, heads, MLP hidden)
+# the MAE paper's ViT presets: name -> (patch, D, depth, heads, MLP hidden)
 PRESET_TABLE = {
     "tiny": (16, 192, 12, 3, 768),
     "small": (16, 384, 12, 6, 1536),

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from conftest import ImageDataModule, tiny_config_values
 from lit_mae import LitMAE
 from lit_mae.interop import export_official, export_timm, load_pretrained
-from lit_mae.interop.convert import lightning_checkpoint
+from lit_mae.interop.checkpoint import lightning_checkpoint
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT
 
 LIT_MAE = str(Path(sys.executable).parent / "lit-mae")

@@ -31,7 +31,7 @@ from lit_mae.callbacks import EmbeddingWriter, KNNMonitor, OnlineLinearProbe, Re
 from lit_mae.callbacks.predictions import _merge
 from lit_mae.datamodules import DigitsDataModule
 from lit_mae.optim import param_groups_weight_decay
-from lit_mae.training import step_generator
+from lit_mae.systems.base import step_generator
 
 CONFIGS = REPO_ROOT / "configs"
 TESTS = Path(__file__).resolve().parent
@@ -170,8 +170,10 @@ def test_probe_and_finetune_configs_run_on_two_processes(pretrained, tmp_path):
     by per-device batch 16 x 2 devices."""
     checkpoint = pretrained / "runs" / "pretrain" / "checkpoints" / "last.ckpt"
     base_lrs = {"linprobe": 25.6, "finetune": 2.0e-3}  # the configs' base_lr
+    batch_size = {"linprobe": "--data.init_args.images.init_args.batch_size",  # CachedFeatures(images=...)
+                  "finetune": "--data.init_args.batch_size"}
     results = run_all([lit_mae("fit", "--config", str(CONFIGS / f"{name}.yaml"), *QUIET, *CPU_DDP,
-                               "--model.init_args.pretrained", str(checkpoint), "--data.init_args.batch_size", "16",
+                               "--model.init_args.pretrained", str(checkpoint), batch_size[name], "16",
                                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
                                "--trainer.limit_val_batches", "2") for name in base_lrs], tmp_path)
     for result, (name, base_lr) in zip(results, base_lrs.items()):

@@ -1,4 +1,4 @@
-"""DigitsDataModule: scikit-learn's bundled handwritten digits, split, upsampled and normalised."""
+"""DigitsDataModule: scikit-learn's bundled handwritten digits, split, upsampled, normalised on the device."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lit_mae.datamodules import DigitsDataModule
+from lit_mae.datamodules.batch import Batch, LoadedBatch
 from lit_mae.datamodules.digits import load_digits_tensors, split_indices
 
 N_DIGITS = 1797  # the size of scikit-learn's bundled copy
@@ -19,6 +20,11 @@ def _setup(**kwargs) -> DigitsDataModule:
 
 def _split_sizes(dm: DigitsDataModule) -> dict[str, int]:
     return {name: len(dataset) for name, dataset in dm.splits.items()}
+
+
+def _stored(dm: DigitsDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, C, S, S) pixels and (N,) labels of a split, as stored."""
+    return dm.splits[split].sources, dm.splits[split].labels
 
 
 def test_splits_add_up_to_the_whole_dataset():
@@ -49,9 +55,8 @@ def test_split_depends_on_the_seed_only():
 def test_same_seed_gives_the_same_data_and_another_seed_does_not():
     a, b, c = (_setup(image_size=8, channels=1, seed=s) for s in (0, 0, 1))
     for split in ("train", "val", "test"):
-        assert torch.equal(a.splits[split].tensors[0], b.splits[split].tensors[0])
-        assert torch.equal(a.splits[split].tensors[1], b.splits[split].tensors[1])
-    assert not torch.equal(a.splits["val"].tensors[1], c.splits["val"].tensors[1])
+        assert all(torch.equal(x, y) for x, y in zip(_stored(a, split), _stored(b, split)))
+    assert not torch.equal(_stored(a, "val")[1], _stored(c, "val")[1])
 
 
 def test_splits_are_the_disjoint_index_sets_of_split_indices():
@@ -59,9 +64,9 @@ def test_splits_are_the_disjoint_index_sets_of_split_indices():
     raw, labels = load_digits_tensors()  # (N, 1, 8, 8) in [0, 1]
     parts = dict(zip(("train", "val", "test"), split_indices(N_DIGITS, dm.fractions, seed=5)))
     for name, idx in parts.items():
-        images, split_labels = dm.splits[name].tensors
+        pixels, split_labels = _stored(dm, name)
         assert torch.equal(split_labels, labels[idx])
-        torch.testing.assert_close(images * dm.std[0] + dm.mean[0], raw[idx], atol=1e-5, rtol=0)
+        torch.testing.assert_close(pixels.float() / 255, raw[idx], atol=0.5 / 255 + 1e-6, rtol=0)  # 8 bits of [0, 1]
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -70,7 +75,12 @@ def test_batches_have_the_asked_shape(channels, image_size):
     dm = _setup(image_size=image_size, channels=channels, batch_size=7)
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader(),
                    dm.predict_dataloader()):
-        images, labels = next(iter(loader))
+        batch = next(iter(loader))
+        assert isinstance(batch, LoadedBatch) and batch.pixels.dtype == torch.uint8  # uint8 through the loader
+        assert batch.skipped == 0
+        after = dm.on_after_batch_transfer(batch, 0)
+        assert isinstance(after, Batch)
+        images, labels = after
         assert images.shape == (7, channels, image_size, image_size)
         assert images.dtype == torch.float32
         assert labels.shape == (7,) and labels.dtype == torch.long
@@ -80,34 +90,35 @@ def test_batches_have_the_asked_shape(channels, image_size):
 
 def test_labels_are_the_ten_digits():
     dm = _setup(image_size=8, channels=1)
-    labels = torch.cat([ds.tensors[1] for ds in dm.splits.values()])
+    labels = torch.cat([_stored(dm, split)[1] for split in dm.splits])
     assert labels.min() >= 0 and labels.max() <= 9
     assert set(labels.tolist()) == set(range(DigitsDataModule.num_classes))
     assert DigitsDataModule.num_classes == 10 and len(DigitsDataModule.class_names) == 10
 
 
-def test_train_split_is_normalised_and_stats_are_recorded():
-    dm = _setup(image_size=16, channels=3)
-    train = dm.splits["train"].tensors[0]
+def test_train_split_is_normalised_on_the_device_with_its_own_stats():
+    dm = _setup(image_size=16, channels=3, batch_size=2000)
+    batch = next(iter(dm.train_dataloader()))  # the whole training split, as uint8
+    assert len(batch.pixels) == 1437 and batch.pixels.dtype == torch.uint8
+    train = dm.on_after_batch_transfer(batch, 0).images
     assert train.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert train.std().item() == pytest.approx(1.0, abs=1e-4)
     assert len(dm.mean) == len(dm.std) == 3
     assert 0 < dm.mean[0] < 1 and dm.std[0] > 0  # stats of [0, 1] pixels before normalising
-    # undoing the normalisation gives pixels back in [0, 1]
-    pixels = train * dm.std[0] + dm.mean[0]
-    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
+    # undoing the normalisation gives the stored pixels back
+    torch.testing.assert_close(train * dm.std[0] + dm.mean[0], batch.pixels.float() / 255, atol=1e-5, rtol=0)
 
 
 def test_train_loader_shuffles_by_seed_and_epoch_and_eval_loaders_do_not():
     dm = _setup(image_size=8, channels=1, batch_size=1797)
     loader = dm.train_dataloader()
     first = next(iter(loader))[1]
-    assert not torch.equal(first, dm.splits["train"].tensors[1])  # shuffled
+    assert not torch.equal(first, _stored(dm, "train")[1])  # shuffled
     torch.manual_seed(1)  # the global RNG plays no part: the same (seed, epoch), the same order
     assert torch.equal(next(iter(dm.train_dataloader()))[1], first)
     loader.sampler.set_epoch(1)  # as Lightning does at each epoch start
     assert not torch.equal(next(iter(loader))[1], first)
-    assert torch.equal(next(iter(dm.val_dataloader()))[1], dm.splits["val"].tensors[1])
+    assert torch.equal(next(iter(dm.val_dataloader()))[1], _stored(dm, "val")[1])
 
 
 def test_setup_is_idempotent():

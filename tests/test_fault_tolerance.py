@@ -2,12 +2,14 @@
 
 `test_fault_sigkill_pretraining_again_and_again` runs the digits pretraining config (a tiny
 model, a checkpoint every 2 steps through `AtomicModelCheckpoint` with `save_last: link`) in a
-forked process, kills it at a random moment (seeded: while starting, while training, or while a
-checkpoint is being written, which the child slows down), and resumes it with `--ckpt_path last`,
-KILLS times in a row. After every kill `last.ckpt` loads (`torch.load` and Lightning's resume),
-its step never goes backwards and is at most the interval behind the steps trained. The run then
-finishes, and its weights are bitwise those of an uninterrupted run. Processes are forked from
-this one (already importing torch and Lightning) so that the test takes seconds, not minutes.
+forked process, kills it and resumes it with `--ckpt_path last`, KILLS times in a row. Most kills
+come at a seeded random moment (while starting or while training); SAVING_KILLS planned ones land
+inside a checkpoint write on any machine: the child stops in the writer (`checkpoint_io.on_stage`)
+at a seeded n-th staged file or link, reports it and waits for the SIGKILL. After every kill
+`last.ckpt` loads (`torch.load` and Lightning's resume), its step never goes backwards and is at
+most the interval behind the steps trained. The run then finishes, and its weights are bitwise
+those of an uninterrupted run. Processes are forked from this one (already importing torch and
+Lightning) so that the test takes seconds, not minutes.
 
 The other tests: a full disk (ENOSPC) and an unwritable checkpoint folder raise a clear error
 naming the file and folder, leave no partial file, and leave the previous `last.ckpt` intact.
@@ -15,9 +17,8 @@ naming the file and folder, leave no partial file, and leave the previous `last.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
+import fnmatch
 import json
 import multiprocessing
 import os
@@ -26,7 +27,9 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -34,9 +37,9 @@ import torch
 from conftest import REPO_ROOT, tiny_config_values
 from lit_mae import LitMAE
 from lit_mae.callbacks import AtomicModelCheckpoint
-from lit_mae import checkpointing
-from lit_mae.checkpointing import CheckpointWriteError
-from lit_mae.cli import run_cli
+from lit_mae.callbacks import checkpoint_io as checkpointing
+from lit_mae.callbacks.checkpoint_io import CheckpointWriteError
+from lit_mae.cli.lightning_cli import run_cli
 from lit_mae.datamodules import SyntheticDataModule
 
 # resuming into the folder of the interrupted run, as intended
@@ -44,6 +47,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists a
 KILLS = 20
 INTERVAL = 2  # optimizer steps between checkpoints
 MAX_STEPS = 150  # digits at batch 64: 23 batches an epoch; the 20 kills leave it unfinished
+SAVING_KILLS = 6  # of the KILLS, planned inside a write: half at each of `on_stage`'s STAGES
+STAGES = ("written", "linking")  # reported to the parent as 1 and 2 in the shared `saving` value
 TINY = [f"--model.init_args.config.{key}={value}" for key, value in dict(
     embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2).items()]
 CHECKPOINTS = {"class_path": "lit_mae.callbacks.AtomicModelCheckpoint", "init_args": {
@@ -55,45 +60,58 @@ ARGS = ["fit", "--config", str(REPO_ROOT / "configs/pretrain.yaml"), *TINY, "--t
         "--trainer.callbacks=" + json.dumps([CHECKPOINTS]), "--ckpt_path=last"]
 
 
-def _pretrain(where: Path, log_name: str, progress, saving, slow_saves: bool) -> None:
+@dataclass(frozen=True)
+class Kill:
+    """When a run is killed: `moment` "starting" or "training", then after `delay` seconds; or a
+    stage of STAGES, at the run's `nth` file or link staged there."""
+
+    moment: str
+    delay: float = 0.0
+    nth: int = 0
+
+
+def _plan(rng: random.Random) -> list[Kill]:
+    """KILLS kills: SAVING_KILLS of them inside a write (alternating stages), the others random as before."""
+    saving_runs = rng.sample(range(KILLS), SAVING_KILLS)
+    plan = []
+    for run in range(KILLS):
+        if run in saving_runs:
+            plan.append(Kill(STAGES[saving_runs.index(run) % len(STAGES)], nth=rng.randint(1, 3)))
+        elif rng.random() < 1 / 3:  # as before, twice as many kills while training as while starting
+            plan.append(Kill("starting", rng.uniform(0.0, 0.5)))  # importing, parsing, restoring or the first steps
+        else:
+            plan.append(Kill("training", rng.uniform(0.0, 0.06)))
+    return plan
+
+
+def _stop_at(kill: Kill, saving) -> Callable[[str, Path], None]:
+    """An `on_stage` hook: at the `kill.nth` time the writer reaches `kill.moment`, report the stage
+    in `saving` and wait there, inside the write, for the parent's SIGKILL."""
+    reached = dict.fromkeys(STAGES, 0)
+
+    def hook(stage: str, path: Path) -> None:
+        reached[stage] += 1
+        if stage == kill.moment and reached[stage] == kill.nth:
+            saving.value = STAGES.index(stage) + 1
+            time.sleep(60)  # the kill comes within milliseconds; an orphan does not linger
+            print(f"never killed while writing {path}", file=sys.stderr, flush=True)
+            os._exit(3)
+
+    return hook
+
+
+def _pretrain(where: Path, log_name: str, progress, saving, kill: Kill | None) -> None:
     """A child process: `lightning fit` of the pretraining config in `where`, reporting each
-    finished step in `progress` and raising `saving` while a checkpoint file or link is written."""
+    finished step in `progress`, and stopping inside a checkpoint write where `kill` plans it."""
     log = os.open(where / log_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(log, 1), os.dup2(log, 2)
     try:
-        import lit_mae.callbacks.checkpoint as callback_module
-        import lit_mae.checkpointing as checkpointing
-        import lit_mae.pretrain
+        import lit_mae.callbacks.checkpoint_io as checkpointing
+        import lit_mae.systems.pretraining
 
-        write_atomically, relink = checkpointing.atomic_write, callback_module.replace_with_symlink
-
-        def slow_write(path, write):  # the bytes in four pieces, a pause after each
-            def in_pieces(file):
-                buffer = io.BytesIO()
-                write(buffer)
-                data = buffer.getvalue()
-                for k in range(4):
-                    file.write(data[k * len(data) // 4:(k + 1) * len(data) // 4])
-                    file.flush()
-                    time.sleep(0.004)
-
-            saving.value = 1
-            try:
-                write_atomically(path, in_pieces)
-            finally:
-                saving.value = 0
-
-        def slow_relink(target, link):
-            saving.value = 1
-            time.sleep(0.004)
-            try:
-                relink(target, link)
-            finally:
-                saving.value = 0
-
-        if slow_saves:
-            checkpointing.atomic_write, callback_module.replace_with_symlink = slow_write, slow_relink
-        lit_mae.pretrain.LitMAE.on_train_batch_end = lambda self, *args: setattr(progress, "value", self.global_step)
+        if kill is not None and kill.moment in STAGES:
+            checkpointing.on_stage = _stop_at(kill, saving)
+        lit_mae.systems.pretraining.LitMAE.on_train_batch_end = lambda self, *args: setattr(progress, "value", self.global_step)
         torch.set_num_threads(1)
         os.chdir(where)
         sys.argv = ["lightning"]
@@ -121,39 +139,51 @@ def _saved_step(last: Path) -> int:
     return checkpoint["global_step"]
 
 
+def _await(kill: Kill, child, progress, saving, start: int) -> None:
+    """Return at `kill`'s moment in the running `child` (the SIGKILL follows at once)."""
+    if kill.moment == "training":
+        _wait_for(lambda: progress.value > max(start, 0), child)
+    elif kill.moment in STAGES:  # the child stops inside the write and says so
+        _wait_for(lambda: saving.value != 0, child)
+    time.sleep(kill.delay)
+
+
+def _assert_staged(kill: Kill, folder: Path, run: int) -> None:
+    """The kill left the half-written file or link of `kill.moment`, beside its target (as planned)."""
+    target = "last.ckpt" if kill.moment == "linking" else "step*.ckpt"
+    staged = [path.name for path in folder.glob(f".*{checkpointing.PARTIAL_SUFFIX}")]
+    pattern = checkpointing.partial_path(folder / target).name
+    assert len(staged) == 1 and fnmatch.fnmatch(staged[0], pattern), f"run {run}: {kill} left {staged}"
+
+
 def test_fault_sigkill_pretraining_again_and_again(tmp_path):
     fork = multiprocessing.get_context("fork")
     progress, saving = fork.Value("i", -1, lock=False), fork.Value("i", 0, lock=False)
-    rng = random.Random(0)
+    plan = _plan(random.Random(0))
     last = tmp_path / "checkpoints/last.ckpt"
     saved, trained, kills_while_saving = -1, 0, 0
-    for run in range(KILLS):
-        progress.value, start = -1, saved
-        child = fork.Process(target=_pretrain, args=(tmp_path, f"run{run:02d}.log", progress, saving, True))
+    for run, kill in enumerate(plan):
+        progress.value, saving.value, start = -1, 0, saved
+        child = fork.Process(target=_pretrain, args=(tmp_path, f"run{run:02d}.log", progress, saving, kill))
         child.start()
-        moment = rng.choice(["starting", "training", "training", "saving", "saving"])
-        if moment == "starting":
-            time.sleep(rng.uniform(0.0, 0.5))  # while importing, parsing, restoring or in the first steps
-        elif moment == "training":
-            _wait_for(lambda: progress.value > max(start, 0), child)
-            time.sleep(rng.uniform(0.0, 0.06))
-        else:
-            _wait_for(lambda: saving.value == 1 and progress.value > max(start, 0), child)
-            time.sleep(rng.uniform(0.0, 0.02))
-        kills_while_saving += saving.value
+        _await(kill, child, progress, saving, start)
         assert child.is_alive(), f"run {run} ended by itself (exit {child.exitcode}): " + \
             (tmp_path / f"run{run:02d}.log").read_text()[-3000:]
         os.kill(child.pid, signal.SIGKILL)
         child.join()
+        if kill.moment in STAGES:  # the child reported the planned stage and was killed inside it
+            assert saving.value == STAGES.index(kill.moment) + 1, f"run {run}: {kill}, reported {saving.value}"
+            _assert_staged(kill, last.parent, run)
+        kills_while_saving += saving.value != 0  # only the hook raises it: random kills count nothing
         trained = max(trained, progress.value)
         if saved >= 0 or last.exists():
             step = _saved_step(last)
             assert step >= saved, f"run {run}: last.ckpt went back from step {saved} to {step}"
             assert step >= trained - INTERVAL, f"run {run}: trained to step {trained}, last.ckpt has {step}"
             saved = step
-    assert kills_while_saving >= 3, f"only {kills_while_saving} of {KILLS} kills hit a checkpoint being written"
+    assert kills_while_saving == SAVING_KILLS, f"{kills_while_saving} of {KILLS} kills hit a checkpoint being written"
 
-    finished = fork.Process(target=_pretrain, args=(tmp_path, "final.log", progress, saving, False))
+    finished = fork.Process(target=_pretrain, args=(tmp_path, "final.log", progress, saving, None))
     finished.start()
     finished.join()
     assert finished.exitcode == 0, (tmp_path / "final.log").read_text()[-3000:]
@@ -164,7 +194,7 @@ def test_fault_sigkill_pretraining_again_and_again(tmp_path):
 
     reference = tmp_path / "uninterrupted"
     reference.mkdir()
-    once = fork.Process(target=_pretrain, args=(reference, "run.log", progress, saving, False))
+    once = fork.Process(target=_pretrain, args=(reference, "run.log", progress, saving, None))
     once.start()
     once.join()
     assert once.exitcode == 0, (reference / "run.log").read_text()[-3000:]

@@ -24,7 +24,7 @@ from lit_mae.interop import (
     official_state_dict, read_state_dict,
 )
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
-from lit_mae.pretrained import load_encoder
+from lit_mae.systems.encoders import load_encoder
 
 CONFIG = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=3.0,
                    decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)

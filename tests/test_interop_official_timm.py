@@ -96,7 +96,7 @@ def test_official_round_trip_of_a_classifier(tmp_path, pool, probe):
     assert ("fc_norm.weight" in keys) == (pool == "avg") and ("norm.weight" in keys) == (pool == "cls")
     assert ({"head.0.running_var", "head.1.weight"} <= keys) == probe  # the official probe's Sequential
     loaded = load_classifier(path).eval()  # a new module, in training mode like any
-    assert (loaded.pool, loaded.head.out_features) == (pool, 5)
+    assert (loaded.global_pool, loaded.head.out_features) == (pool, 5)
     assert_same_state(loaded, model, skip=("encoder.norm.",) if pool == "avg" else ())
     with torch.no_grad():
         assert torch.equal(loaded(IMAGES), model(IMAGES))
@@ -167,8 +167,9 @@ def test_classifier_features_and_logits_match_timm(pool, probe):
     assert kwargs["global_pool"] == ("token" if pool == "cls" else "avg") and kwargs["fc_norm"] == (pool == "avg")
     reference = _timm(model)
     with torch.no_grad():
-        features = reference.forward_head(reference.forward_features(IMAGES), pre_logits=True)
-        assert close(features, model.forward_features(IMAGES))
+        tokens = reference.forward_features(IMAGES)
+        assert close(tokens, model.forward_features(IMAGES))
+        assert close(reference.forward_head(tokens, pre_logits=True), model.forward_head(tokens, pre_logits=True))
         assert close(reference(IMAGES), model(IMAGES))  # the probe's BatchNorm folded into the head
 
 
@@ -225,6 +226,6 @@ def test_timm_classifier_loads_as_a_classifier():
     reference = perturbed(VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
                                             mlp_ratio=3.0, num_classes=5, global_pool="avg", fc_norm=True))
     model = load_classifier(reference.state_dict(), num_heads=4).eval()
-    assert model.pool == "avg" and set(model.load_report.initialised) == {"encoder.norm.weight", "encoder.norm.bias"}
+    assert model.global_pool == "avg" and set(model.load_report.initialised) == {"encoder.norm.weight", "encoder.norm.bias"}
     with torch.no_grad():
         assert close(model(IMAGES), reference(IMAGES))

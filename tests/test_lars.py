@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_mae.lars import LARS
+from lit_mae.optim import LARS
 
 
 def _step(optimizer_cls, param: torch.Tensor, grads: list[torch.Tensor], **kwargs) -> torch.Tensor:

@@ -343,7 +343,7 @@ _NO_LIGHTNING = textwrap.dedent(
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED | {"torchvision", "timm"})
     assert not loaded, loaded
     try:
-        import lit_mae.pretrain  # the Lightning part must fail here: proves the blocker works
+        import lit_mae.systems.pretraining  # the Lightning part must fail here: proves the blocker works
     except ImportError:
         print("OK")
     """

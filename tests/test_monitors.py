@@ -13,9 +13,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 from lit_mae import MAEConfig
 from lit_mae.callbacks import EmbeddingWriter, KNNMonitor, OnlineLinearProbe, knn_predict
-from lit_mae.classification import LitLinearProbe
+from lit_mae.systems.classification import LitLinearProbe
 from lit_mae.datamodules.digits import DigitsDataModule
-from lit_mae.pretrain import LitMAE
+from lit_mae.systems.pretraining import LitMAE
 from conftest import ImageDataModule, tiny_config_values
 
 MONITOR_LOGGER = "lit_mae.callbacks.monitors"
@@ -144,12 +144,14 @@ def test_embedding_writer_writes_embeddings_logits_labels_indices(make_trainer, 
         model = tiny_mae()
     else:
         model = LitLinearProbe(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10)
-    datamodule = DigitsDataModule(image_size=16, batch_size=50)
+    datamodule = DigitsDataModule(image_size=16, batch_size=200)  # the 180 test digits in one batch
     path = tmp_path / "out" / "predictions.pt"
     make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=datamodule)
 
     written = torch.load(path, weights_only=True)  # plain tensors, lists and strings: no pickled code
-    images, labels = datamodule.splits["test"].tensors  # the predict split, in order
+    test = datamodule.on_after_batch_transfer(next(iter(datamodule.predict_dataloader())), 0)
+    images, labels = test.images, test.labels  # the whole predict split, in order
+    assert len(labels) == 180
     n, width = len(labels), model.model.encoder.config.embed_dim
     assert written["embeddings"].shape == (n, width)
     assert torch.equal(written["indices"], torch.arange(n))
@@ -160,7 +162,7 @@ def test_embedding_writer_writes_embeddings_logits_labels_indices(make_trainer, 
     else:
         assert written["logits"].shape == (n, 10)
         with torch.no_grad():  # eval mode: the head's BatchNorm uses its running statistics
-            torch.testing.assert_close(written["logits"], model.eval().model.forward_head(written["embeddings"]))
+            torch.testing.assert_close(written["logits"], model.eval().model.classify(written["embeddings"]))
     assert "paths" not in written
 
 

@@ -104,11 +104,18 @@ def test_groups_of_flattened_wrapped_shards_match_the_bare_model(tiny_config):
                      shard_names) == expected
 
 
-def test_groups_build_an_adamw_that_steps(tiny_config):
+def test_groups_build_an_adamw_that_steps_every_trainable_weight_once(tiny_config):
     model = MaskedAutoencoderViT(tiny_config)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3)
+    groups = param_groups_weight_decay(model, 0.05)
+    grouped = [id(p) for group in groups for p in group["params"]]
+    trainable = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    assert sorted(grouped) == sorted(trainable)  # each trainable parameter in exactly one group
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
     model(torch.randn(2, 3, 16, 16), generator=torch.Generator().manual_seed(0)).loss.backward()
-    optimizer.step()  # would fail on an empty or duplicated group
+    optimizer.step()
+    for name, p in model.named_parameters():  # trained weights moved; the frozen sin-cos tables did not
+        assert torch.equal(p, before[name]) != p.requires_grad, name
 
 
 @pytest.mark.parametrize("batch, devices, nodes, accum", [(256, 1, 1, 1), (64, 2, 1, 1), (32, 4, 2, 1),

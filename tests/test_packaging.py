@@ -21,10 +21,10 @@ import importlib, json, sys
 
 report = {"path": sys.path}
 import lit_mae
-report["lazy_before"] = sorted(m for m in ("lit_mae.pretrain", "lightning") if m in sys.modules)
+report["lazy_before"] = sorted(m for m in ("lit_mae.systems.pretraining", "lightning") if m in sys.modules)
 LitMAE = lit_mae.LitMAE
 report["lit_mae_class"] = f"{LitMAE.__module__}.{LitMAE.__qualname__}"
-report["same_class"] = LitMAE is importlib.import_module("lit_mae.pretrain").LitMAE
+report["same_class"] = LitMAE is importlib.import_module("lit_mae.systems.pretraining").LitMAE
 try:
     lit_mae.NoSuchThing
 except AttributeError as error:
@@ -68,6 +68,6 @@ def test_installed_namespace_and_no_bare_top_level_names(report):
 
 def test_litmae_resolves_lazily(report):
     assert report["lazy_before"] == []  # `import lit_mae` pulls in neither Lightning nor LitMAE
-    assert report["lit_mae_class"] == "lit_mae.pretrain.LitMAE"
+    assert report["lit_mae_class"] == "lit_mae.systems.pretraining.LitMAE"
     assert report["same_class"] is True
     assert "NoSuchThing" in report["missing"]

@@ -27,7 +27,7 @@ ATOL_PRED, ATOL_LOSS = 1e-5, 1e-6
 def hf_config(norm_pix_loss: bool = False, mask_ratio: float = 0.75, attn: str = "eager",
               layer_norm_eps: float = 1e-12) -> ViTMAEConfig:
     # attn_implementation goes into the constructor: HF's set_attn_implementation() after the fact
-    # does not reach the decoder (MAE_REFERENCE.md, pitfalls).
+    # does not reach the decoder (a known transformers quirk).
     return ViTMAEConfig(
         image_size=NATIVE, patch_size=PATCH, num_channels=3, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=2,
@@ -192,7 +192,7 @@ def test_vitmae_model_state_dict_without_vit_prefix_maps_to_the_encoder():
 
 
 def test_transformers5_decoder_encoder_alias_loads_like_decoder_layers():
-    # transformers 5.x save_pretrained writes `decoder.decoder_encoder.layer.N` (MAE_REFERENCE.md 2)
+    # transformers 5.x save_pretrained writes `decoder.decoder_encoder.layer.N` (seen in 5.18 and 5.24)
     hf = perturbed_hf(hf_config())
     state_dict = hf.state_dict()
     aliased = {k.replace("decoder.decoder_layers.", "decoder.decoder_encoder.layer."): v

@@ -28,7 +28,7 @@ from PIL import Image
 
 import lit_mae.datamodules
 from conftest import REPO_ROOT
-from lit_mae.cli import LitMAECLI, run_cli
+from lit_mae.cli.lightning_cli import LitMAECLI, run_cli
 
 CONFIGS = REPO_ROOT / "configs"
 SIZES = ("base", "large")
@@ -38,9 +38,8 @@ TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1",
           "--trainer.strategy", "auto", "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
-          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-          "--data.init_args.image_size", "32", "--data.init_args.batch_size", "2",
-          "--data.init_args.num_workers", "0"]
+          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+DATA_ON_CPU = {"image_size": "32", "batch_size": "2", "num_workers": "0"}
 
 HAS_CIFAR10 = hasattr(lit_mae.datamodules, "CIFAR10DataModule")
 # the linear probe's frozen encoder stays in eval mode on purpose
@@ -60,6 +59,13 @@ def tiny_model_args(config: dict) -> list[str]:
             "--model.init_args.compile", "false"]  # compiling a tiny CPU model would take most of the test
 
 
+def data_args(config: dict, values: dict[str, str]) -> list[str]:
+    """`--data.init_args.<key> <value>`, through `images` when the config wraps its DataModule in CachedFeatures."""
+    wrapped = config["data"]["class_path"] == "lit_mae.CachedFeatures"
+    prefix = "--data.init_args.images.init_args." if wrapped else "--data.init_args."
+    return [arg for key, value in values.items() for arg in (prefix + key, value)]
+
+
 def fit(config: str, where: Path, *args: str) -> LitMAECLI:
     """`lightning fit --config configs/<config> <ON_CPU> <args>` in this process, run from `where`.
 
@@ -73,7 +79,8 @@ def fit(config: str, where: Path, *args: str) -> LitMAECLI:
     try:
         # as if typed: LightningCLI warns when pytest's own arguments are in sys.argv
         with contextlib.chdir(where), mock.patch.object(sys, "argv", ["lightning"]):
-            return run_cli(["fit", "--config", str(CONFIGS / config), *ON_CPU, *one_epoch, *args])
+            return run_cli(["fit", "--config", str(CONFIGS / config), *ON_CPU,
+                            *data_args(recipe(config), DATA_ON_CPU), *one_epoch, *args])
     finally:
         torch.set_num_threads(threads)
 
@@ -105,7 +112,7 @@ def assert_chained(cli: LitMAECLI, config: dict, where: Path, frozen: bool) -> N
 
 # --- the recipes' arithmetic -----------------------------------------------------------------
 
-PAPER = {  # config: (effective batch, lr, epochs, warmup epochs), ../shared/MAE_REFERENCE.md section 3
+PAPER = {  # config: (effective batch, lr, epochs, warmup epochs), as the MAE paper and its official code give them
     "imagenet/pretrain_vit_base.yaml": (4096, 2.4e-3, 800, 40),
     "imagenet/pretrain_vit_large.yaml": (4096, 2.4e-3, 800, 40),
     "imagenet/linprobe_vit_base.yaml": (16384, 6.4, 90, 10),

@@ -1,4 +1,4 @@
-"""`lit-mae convert SRC DST --to {lightning,hf,official,timm}`: any MAE weights to any other format.
+"""Any MAE weights to any other format (`lit-mae convert SRC DST --to {lightning,hf,official,timm}`).
 
 SRC is anything `load_pretrained` reads (a lit-mae Lightning checkpoint, an official `.pth`, a
 Hugging Face directory or file, a timm state dict). DST is a directory for `hf`, a file otherwise
@@ -7,31 +7,16 @@ Hugging Face directory or file, a timm state dict). DST is a directory for `hf`,
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from lit_mae.models import MaskedAutoencoderViT
+from lit_mae.interop.checkpoint import lightning_checkpoint
 
 Target = Literal["lightning", "hf", "official", "timm"]
 TARGETS: tuple[str, ...] = ("lightning", "hf", "official", "timm")
-
-
-def lightning_checkpoint(model: MaskedAutoencoderViT) -> dict[str, Any]:
-    """A checkpoint `LitMAE.load_from_checkpoint` (and `lightning validate --ckpt_path`) accepts."""
-    import lightning
-
-    return {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"config": model.config.to_dict()},
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 0,
-    }
 
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
@@ -61,24 +46,3 @@ def convert(source: str | Path, destination: str | Path, to: Target, **load_opti
     else:
         torch.save(lightning_checkpoint(model), destination)
     return destination
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lit-mae convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="weights to read: file or Hugging Face directory")
-    parser.add_argument("destination", help="where to write (a directory for --to hf)")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="the format to write")
-    parser.add_argument("--decoder", choices=("init",), default=None,
-                        help="for encoder-only sources (timm, official 'pretrain' files): a fresh decoder")
-    parser.add_argument("--num-heads", type=int, default=None,
-                        help="attention heads, for files without a config at a non-standard width")
-    args = parser.parse_args(argv)
-    options: dict[str, Any] = {"decoder": args.decoder} if args.decoder else {}
-    if args.num_heads:
-        options["num_heads"] = args.num_heads
-    try:
-        written = convert(args.source, args.destination, args.to, **options)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"lit-mae convert: error: {error}\n")
-    print(f"wrote {written} ({args.to})", file=sys.stderr)

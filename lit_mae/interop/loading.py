@@ -20,13 +20,14 @@ from typing import Any, Collection, Literal, Mapping, NamedTuple
 
 from torch import Tensor, nn
 
+from lit_mae.interop.checkpoint import config_from_hparams, is_lightning_checkpoint, model_state
 from lit_mae.interop.files import find_weights, read_state_dict
 from lit_mae.interop.hf import config_from_hf, hf_to_lit, is_hf_state_dict
 from lit_mae.interop.official import (
     CLASSIFIER_PREFIXES, CONFIG_KEY, DECODER_PREFIXES, official_kind, official_to_lit,
 )
 from lit_mae.interop.shapes import infer_config
-from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder, resolve_config
+from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
 
 FORMATS = ("lightning", "official-full", "official-encoder", "official-finetuned", "hf", "timm", "lit-mae")
 _FINAL_NORM = ("encoder.norm.weight", "encoder.norm.bias")
@@ -232,8 +233,8 @@ def _read(source: str | Path | Mapping[str, Any]) -> _Source:
 def _classify(content: Any, where: str) -> tuple[str, Mapping[str, Tensor]]:
     if not isinstance(content, Mapping):
         raise ValueError(f"{where}: holds a {type(content).__name__}, not a state dict or checkpoint")
-    if isinstance(content.get("state_dict"), Mapping):
-        return "lightning", {k.removeprefix("model."): v for k, v in content["state_dict"].items()}
+    if is_lightning_checkpoint(content):
+        return "lightning", model_state(content)
     if isinstance(content.get("model"), Mapping):
         return official_kind(content["model"]), content["model"]
     if content and all(isinstance(v, Tensor) for v in content.values()):
@@ -247,20 +248,6 @@ def _classify(content: Any, where: str) -> tuple[str, Mapping[str, Tensor]]:
             return "timm", content
     raise ValueError(f"{where}: not a recognised MAE / ViT checkpoint (expected a state dict of tensors, an "
                      f"official {{'model': ...}} file or a Lightning checkpoint; keys {sorted(map(str, content))[:8]})")
-
-
-def config_from_hparams(hparams: Mapping[str, Any], where: str) -> MAEConfig | None:
-    """The architecture in a lit-mae Lightning checkpoint's hyper-parameters, None when they hold none.
-
-    LitMAE stores `config` (a dict) or `preset` + `overrides`, and `mask_ratio`; the classifiers `config`.
-    """
-    if hparams.get("config") is None and hparams.get("preset") is None:
-        return None
-    try:
-        arch = resolve_config(hparams.get("config"), hparams.get("preset"), hparams.get("overrides"))
-        return arch.replace(mask_ratio=hparams["mask_ratio"]) if hparams.get("mask_ratio") is not None else arch
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: a Lightning checkpoint whose hyper_parameters describe no lit-mae model ({error})") from None
 
 
 def _architecture(src: _Source, config: MAEConfig | None, overrides: dict[str, Any],

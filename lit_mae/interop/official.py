@@ -80,7 +80,7 @@ def official_state_dict(model: ExportableModel) -> dict[str, Tensor]:
         state = {f"encoder.{k}": v for k, v in model.state_dict().items()}
     elif isinstance(model, (MaskedAutoencoderViT, ViTClassifier)):
         state = model.state_dict()
-        if isinstance(model, ViTClassifier) and model.pool == "avg":
+        if isinstance(model, ViTClassifier) and model.global_pool == "avg":
             state = {k: v for k, v in state.items() if not k.startswith("encoder.norm.")}
     else:
         raise TypeError(f"cannot export a {type(model).__name__}: expected MaskedAutoencoderViT, ViTEncoder or ViTClassifier")

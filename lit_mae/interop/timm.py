@@ -21,9 +21,9 @@ def _pool_of(model: ExportableModel, pool: TimmPool | None) -> TimmPool:
     if pool not in (None, "token", "avg"):
         raise ValueError(f"pool must be 'token' or 'avg', got {pool!r}")
     if isinstance(model, ViTClassifier):
-        own = "token" if model.pool == "cls" else "avg"
+        own = "token" if model.global_pool == "cls" else "avg"
         if pool not in (None, own):
-            raise ValueError(f"the classifier pools {model.pool!r}: export it with pool={own!r}")
+            raise ValueError(f"the classifier pools {model.global_pool!r}: export it with pool={own!r}")
         return own
     return pool or "token"
 

@@ -14,25 +14,32 @@ AttnImplementation = Literal["sdpa", "eager"]
 DecoderPosInterpolation = Literal["2d", "hf-1d"]
 
 
+def weights(default: Any) -> Any:
+    """A field that changes the weights' shapes or meaning: a checkpoint only loads into a model
+    with the same value (the others, such as `mask_ratio`, may change on a resume)."""
+    return dataclasses.field(default=default, metadata={"weights": True})
+
+
 @dataclass(frozen=True)
 class MAEConfig:
-    """Architecture of `MaskedAutoencoderViT`. Defaults are the official class defaults (ViT-L/16)."""
+    """Architecture of `MaskedAutoencoderViT`. Defaults are the official class defaults (ViT-L/16).
+    Fields made with `weights(...)` fix the weights (`MAEConfig.weight_fields()`)."""
 
-    img_size: int = 224  # native square input size in pixels; other sizes need interpolation
-    patch_size: int = 16  # side of a square patch; img_size must be a multiple of it
-    in_chans: int = 3  # any channel count (the official code hard-codes 3 in patchify)
-    embed_dim: int = 1024  # encoder width D; divisible by num_heads and by 4 (sin-cos table)
-    depth: int = 24  # encoder blocks
-    num_heads: int = 16
-    mlp_ratio: float = 4.0  # encoder MLP hidden width = round(D * mlp_ratio)
-    decoder_embed_dim: int = 512  # decoder width Dd; the paper's light decoder is 512 wide
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    decoder_mlp_ratio: float = 4.0
+    img_size: int = weights(224)  # native square input size in pixels; other sizes need interpolation
+    patch_size: int = weights(16)  # side of a square patch; img_size must be a multiple of it
+    in_chans: int = weights(3)  # any channel count (the official code hard-codes 3 in patchify)
+    embed_dim: int = weights(1024)  # encoder width D; divisible by num_heads and by 4 (sin-cos table)
+    depth: int = weights(24)  # encoder blocks
+    num_heads: int = weights(16)
+    mlp_ratio: float = weights(4.0)  # encoder MLP hidden width = round(D * mlp_ratio)
+    decoder_embed_dim: int = weights(512)  # decoder width Dd; the paper's light decoder is 512 wide
+    decoder_depth: int = weights(8)
+    decoder_num_heads: int = weights(16)
+    decoder_mlp_ratio: float = weights(4.0)
     mask_ratio: float = 0.75  # fraction of patches removed, in [0, 1)
     norm_pix_loss: bool = False  # per-patch normalised pixel targets (the paper's best setting)
     layer_norm_eps: float = 1e-6  # official 1e-6; Hugging Face checkpoints use 1e-12
-    qkv_bias: bool = True
+    qkv_bias: bool = weights(True)
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over encoder blocks
     attn_implementation: AttnImplementation = "sdpa"  # "eager" is used anyway when maps are asked for
     # How the decoder table follows another input size: "2d" resizes the patch grid bicubically like
@@ -92,6 +99,11 @@ class MAEConfig:
     def num_patches(self) -> int:
         """L at the native size."""
         return self.grid_size**2
+
+    @classmethod
+    def weight_fields(cls) -> tuple[str, ...]:
+        """The fields a checkpoint's weights depend on (shapes, or the meaning of `num_heads`)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("weights"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

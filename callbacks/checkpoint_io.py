@@ -9,7 +9,7 @@ fsspec (`lightning.fabric.utilities.cloud_io._atomic_save`). `AtomicCheckpointIO
 (atomic on POSIX) and fsyncs the folder; on any OS error it removes the partial file and raises
 `CheckpointWriteError` naming the file, its folder and the error, leaving the previous file as
 it was. `replace_with_symlink` swaps a link the same way (Lightning removes `last.ckpt`, then
-creates the new link).
+creates the new link). `on_stage` lets a fault-injection test stop the writer half-way.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 PARTIAL_SUFFIX = ".partial"
+
+on_stage: Callable[[str, Path], None] | None = None
+"""For fault-injection tests only; production code never sets it. Called as `on_stage(stage, path)`
+while the checkpoint `path` is half-way written, so that a test can kill the process exactly there:
+stage "written" (the staging file beside `path` holds the bytes, not yet flushed, fsynced or renamed
+onto `path`) or "linking" (the new link is staged beside `path`, not yet renamed over it)."""
 
 
 class CheckpointWriteError(OSError):
@@ -73,6 +79,11 @@ def _staged(path: Path) -> Iterator[Path]:
     _fsync_directory(path.parent)
 
 
+def _reached(stage: str, path: Path) -> None:
+    if on_stage is not None:
+        on_stage(stage, path)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call `write(file)` on a staging file beside `path`, fsync it and rename it to `path`."""
     path = Path(str(path).removeprefix("file://"))
@@ -80,6 +91,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(staging, "wb") as file:
             write(file)
+            _reached("written", path)
             file.flush()
             os.fsync(file.fileno())
         os.replace(staging, path)
@@ -105,6 +117,7 @@ def replace_with_symlink(target: str, link: str | Path) -> None:
     with _staged(link):
         if link.is_dir() and not link.is_symlink():
             shutil.rmtree(link)
+        _reached("linking", link)
         os.replace(staging, link)
 
 

@@ -5,29 +5,17 @@ from __future__ import annotations
 from typing import Any, Literal, Mapping
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from lit_mae.datamodules.batch import read_batch
 from lit_mae.interop import load_pretrained
-from lit_mae.interop.loading import config_from_hparams
+from lit_mae.interop.checkpoint import config_from_hparams
 from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, patchify, resolve_config
 from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var
-from lit_mae.optim import parameter_ndims, param_groups_weight_decay, warmup_cosine_scheduler
-from lit_mae.training import (
-    NonFiniteGuard,
-    NonFinitePolicy,
-    effective_lr,
-    images_of,
-    schedule_steps,
-    step_generator,
-)
+from lit_mae.optim import parameter_ndims, param_groups_weight_decay
+from lit_mae.systems.base import LitSystem, NonFinitePolicy, step_generator
 
 PresetName = Literal["tiny", "small", "base", "large", "huge"]
-
-
-# the fields that change the weights' shapes or meaning (mask_ratio, norm_pix_loss, ... may change on a resume)
-ARCHITECTURE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                       "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio", "qkv_bias")
 
 
 def _checkpoint_config(hparams: Mapping[str, Any]) -> MAEConfig | None:
@@ -38,7 +26,7 @@ def _checkpoint_config(hparams: Mapping[str, Any]) -> MAEConfig | None:
         return None
 
 
-class LitMAE(NonFiniteGuard, LightningModule):
+class LitMAE(LitSystem):
     """MAE pretraining. `.model` is the `MaskedAutoencoderViT`.
 
     Args:
@@ -57,7 +45,7 @@ class LitMAE(NonFiniteGuard, LightningModule):
             masks an uninterrupted one would.
         on_nonfinite: a NaN or inf training loss stops the run ("raise", naming the step and what
             went into the loss) or skips that update ("skip", counted in `train/skipped_steps`);
-            see `lit_mae.training.NonFiniteGuard`.
+            see `lit_mae.systems.base.LitSystem`.
         max_consecutive_skips: with "skip", stop anyway after this many skipped steps in a row.
     """
 
@@ -79,8 +67,7 @@ class LitMAE(NonFiniteGuard, LightningModule):
         on_nonfinite: NonFinitePolicy = "raise",
         max_consecutive_skips: int = 10,
     ) -> None:
-        super().__init__()
-        self.init_nonfinite_guard(on_nonfinite, max_consecutive_skips)
+        super().__init__(base_lr, lr, warmup_epochs, min_lr, on_nonfinite, max_consecutive_skips)
         if pretrained is not None:
             if config is not None or preset is not None:
                 raise ValueError("LitMAE: `pretrained` brings its own architecture; drop `config`/`preset` "
@@ -95,8 +82,7 @@ class LitMAE(NonFiniteGuard, LightningModule):
             self.model = MaskedAutoencoderViT(arch)
         config = arch.to_dict() if config is not None else None  # plain data in the checkpoint
         self.save_hyperparameters()
-        self.base_lr, self.lr, self.min_lr = base_lr, lr, min_lr
-        self.weight_decay, self.betas, self.warmup_epochs = weight_decay, tuple(betas), warmup_epochs
+        self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.mask_seed = mask_seed
         self.param_ndims = parameter_ndims(self.model)  # before any strategy wraps the model
         # a plain attribute, not a submodule: the compiled wrapper must not enter the state dict
@@ -115,7 +101,7 @@ class LitMAE(NonFiniteGuard, LightningModule):
                       if k in theirs and theirs[k].shape != v.shape]
         written = _checkpoint_config(checkpoint.get("hyper_parameters", {}))
         fields = [] if written is None else [
-            name for name in ARCHITECTURE_FIELDS if getattr(written, name) != getattr(self.config, name)]
+            name for name in MAEConfig.weight_fields() if getattr(written, name) != getattr(self.config, name)]
         if mismatched or fields:
             shown = mismatched[:4] + ([f"... {len(mismatched) - 4} more"] if len(mismatched) > 4 else [])
 
@@ -137,7 +123,7 @@ class LitMAE(NonFiniteGuard, LightningModule):
         return self.model(images, **kwargs)
 
     def _forward(self, batch: object, stream: str, step: int) -> tuple[Tensor, MAEOutput]:
-        images = images_of(batch)
+        images = read_batch(batch).images
         patch = self.config.patch_size
         num_patches = (images.shape[-2] // patch) * (images.shape[-1] // patch)  # L
         # drawn outside the model (what it would draw from this generator): compiled graphs take no generator
@@ -159,12 +145,8 @@ class LitMAE(NonFiniteGuard, LightningModule):
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor | None:
         images, output = self._forward(batch, "train", self.global_step)
-        loss = self.guard_loss(output.loss, images, lambda: self.loss_components(images, output))
-        if loss is None:
-            return self.skipped_update()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
+        return self.training_loss(output.loss, images, lambda: self.loss_components(images, output))
 
     def validation_step(self, batch: object, batch_idx: int) -> None:
         # the same masks at every validation, so that the numbers compare across epochs
@@ -175,13 +157,9 @@ class LitMAE(NonFiniteGuard, LightningModule):
 
     def predict_step(self, batch: object, batch_idx: int) -> dict[str, Tensor]:
         """Per-image features: the cls token of the unmasked encoder (B, D)."""
-        tokens = self.model.encoder.forward_features(images_of(batch))
+        tokens = self.model.encoder.forward_features(read_batch(batch).images)
         return {"embedding": self.model.encoder.pool(tokens, "cls")}
 
-    def configure_optimizers(self):
-        peak = self.lr if self.lr is not None else effective_lr(self.trainer, self.base_lr)
-        total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
+    def configure_optimizers(self) -> dict[str, Any]:
         groups = param_groups_weight_decay(self.model, self.weight_decay, ndims=self.param_ndims)
-        optimizer = torch.optim.AdamW(groups, lr=peak, betas=self.betas)
-        schedule = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return self.with_schedule(torch.optim.AdamW(groups, lr=self.peak_lr(), betas=self.betas))

@@ -1,5 +1,4 @@
-"""LitLinearProbe(cache_features=True) gives the numbers of the uncached probe, encoding once;
-LitFineTune.mix gives timm's mixup and label-smoothed targets, and its loss is timm's."""
+"""LitFineTune.mix gives timm's mixup and label-smoothed targets, and its loss is timm's."""
 
 from __future__ import annotations
 
@@ -19,68 +18,6 @@ from lit_mae.datamodules import DigitsDataModule
 pytestmark = pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode.*")  # the probe's frozen encoder
 
 K = 10  # classes
-
-
-class EncoderSpy:
-    """Wraps `encoder.forward_features` and counts the images it encodes."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        self.original, self.images = encoder.forward_features, 0
-        encoder.forward_features = self
-
-    def __call__(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self.images += images.shape[0]
-        return self.original(images, *args, **kwargs)
-
-
-def fit_probe(make_trainer, cache_features: bool, epochs: int = 2) -> tuple[LitLinearProbe, DigitsDataModule,
-                                                                           EncoderSpy, float]:
-    seed_everything(0, verbose=False)
-    probe = LitLinearProbe(None, config=tiny_config_values(img_size=16), num_classes=K, lr=5.0,
-                           warmup_epochs=0.5, cache_features=cache_features)
-    spy = EncoderSpy(probe.model.encoder)
-    dm = DigitsDataModule(image_size=16, batch_size=32, seed=1)  # a split and order where 2 epochs beat chance
-    trainer = make_trainer(max_epochs=epochs, limit_val_batches=1.0)
-    trainer.fit(probe, dm)
-    return probe, dm, spy, trainer.callback_metrics["val/acc_top1"].item()
-
-
-def test_cached_features_train_the_same_head_encoding_each_split_once(make_trainer):
-    plain, _, plain_spy, plain_acc = fit_probe(make_trainer, cache_features=False)
-    cached, dm, cached_spy, cached_acc = fit_probe(make_trainer, cache_features=True)
-    n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])
-
-    assert plain.model.head.bias.abs().max() > 0  # the head trained
-    for name in ("weight", "bias"):
-        got, want = getattr(cached.model.head, name), getattr(plain.model.head, name)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=name)
-    for name in ("running_mean", "running_var"):  # the head's BatchNorm saw the same batches
-        got, want = getattr(cached.model.head_norm, name), getattr(plain.model.head_norm, name)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
-    assert plain_acc > 1.5 / K  # above chance, so that equal accuracies say something
-    assert cached_acc == plain_acc
-
-    assert plain_spy.images == 2 * (n_train + n_val)  # the spy sees every batch of both epochs
-    assert cached_spy.images == n_train + n_val  # ...and with the cache each image once
-    for hook in ("train_dataloader", "val_dataloader"):
-        assert hook not in vars(dm), hook  # the DataModule's own methods again after fit
-
-
-def test_cache_is_rebuilt_for_a_second_fit(make_trainer):
-    probe, dm, spy, _ = fit_probe(make_trainer, cache_features=True, epochs=1)
-    n = len(dm.splits["train"]) + len(dm.splits["val"])
-    assert spy.images == n
-    make_trainer(max_epochs=1, limit_val_batches=1.0).fit(probe, dm)
-    assert spy.images == 2 * n  # encoded again for the new fit (the encoder could have changed)
-    assert "train_dataloader" not in vars(dm)
-
-
-def test_cache_features_refuses_an_augmenting_datamodule(make_trainer):
-    probe = LitLinearProbe(None, config=tiny_config_values(), num_classes=K, lr=0.1, cache_features=True)
-    dm = DigitsDataModule(image_size=16, batch_size=32, augment="linprobe")
-    with pytest.raises(ValueError, match="augment"):
-        make_trainer(max_epochs=1).fit(probe, dm)
-    assert "train_dataloader" not in vars(dm)
 
 
 # --- LitFineTune.mix ------------------------------------------------------------------------------

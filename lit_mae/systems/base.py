@@ -1,34 +1,21 @@
-"""What the LightningModules share about the Trainer: batch sizes, schedule lengths, seeds, and
-what a training step does with a NaN or inf loss."""
+"""`LitSystem`: what lit-mae's LightningModules share about the Trainer: the lr scaling rule, the
+schedule's length, seeded per-step generators, and what a training step does with a NaN or inf loss."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
-from lightning.pytorch import Trainer
-from torch import Tensor, nn
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
 
-from lit_mae.optim import scaled_lr
+from lit_mae.datamodules.sampling import derive_seed
+from lit_mae.optim import scaled_lr, warmup_cosine_scheduler
+from lit_mae.systems.nonfinite import gradient_report, nonfinite_hint, parameter_report, tensor_report
 
-
-def images_of(batch: object) -> Tensor:
-    """The images of a batch: a tensor, an `(images, labels, ...)` sequence or a dict."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("images", "image", "pixel_values"):
-            if isinstance(batch.get(key), Tensor):
-                return batch[key]
-    raise TypeError(
-        "a batch must be an image tensor (B, C, H, W), a sequence whose first item is one, or a dict "
-        f"with an 'images' or 'pixel_values' tensor; got {type(batch).__name__}"
-    )
+NonFinitePolicy = Literal["raise", "skip"]
 
 
 def _train_loader_ready(trainer: Trainer) -> object:
@@ -67,56 +54,21 @@ def schedule_steps(trainer: Trainer, warmup_epochs: float) -> tuple[int, int]:
     return total, min(total, round(warmup_epochs * max(1, per_epoch)))
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, e.g. (seed, "order", epoch); unrelated parts give unrelated seeds."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
 def step_generator(seed: int, step: int, rank: int, stream: str = "train") -> torch.Generator:
     """A CPU generator seeded from (seed, step, rank, stream), so masks survive a resume."""
     return torch.Generator().manual_seed(derive_seed(seed, stream, step, rank))
 
 
-# --- non-finite losses ---------------------------------------------------------------------------
+class LitSystem(LightningModule):
+    """The base of `LitMAE`, `LitLinearProbe` and `LitFineTune`.
 
-NonFinitePolicy = Literal["raise", "skip"]
+    Learning rate: `lr` when given, else `base_lr` x effective batch / 256 (`peak_lr`), with a
+    per-step warmup-cosine schedule whose length comes from the Trainer (`with_schedule`).
 
-
-def tensor_report(tensor: Tensor) -> str:
-    """'finite, max |x| 3.1' or '12 of 3072 values non-finite (12 NaN)'."""
-    values = tensor.detach().float()
-    bad = ~torch.isfinite(values)
-    if not bad.any():
-        return f"finite, max |x| {values.abs().max().item():.3g}" if values.numel() else "empty"
-    nan = int(values.isnan().sum())
-    return f"{int(bad.sum())} of {values.numel()} values non-finite ({nan} NaN, {int(bad.sum()) - nan} inf)"
-
-
-def parameter_report(module: nn.Module) -> tuple[str, bool]:
-    """(a line about the weights, whether any is non-finite)."""
-    bad = [name for name, param in module.named_parameters() if not torch.isfinite(param).all()]
-    if bad:
-        return f"{len(bad)} non-finite tensors, e.g. {bad[:3]}", True
-    largest = max((p.detach().abs().max().item() for p in module.parameters() if p.numel()), default=0.0)
-    return f"all finite, max |w| {largest:.3g}", False
-
-
-def gradient_report(module: nn.Module) -> str:
-    """The gradients still held from the previous backward (zeroed only after this step's forward)."""
-    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return "none yet"
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
-    return f"norm {norm:.3g}"
-
-
-class NonFiniteGuard:
-    """Mixin for a LightningModule (put it first among the bases): what a NaN or inf loss does.
-
+    Non-finite losses: a training step ends with `return self.training_loss(loss, inputs, parts)`.
     `on_nonfinite="raise"` stops with the step, the loss components and a hint. `"skip"` skips the
     update and counts it (`skipped_steps`, logged as `train/skipped_steps`), and still stops after
-    `max_consecutive_skips` skipped steps in a row. One process: `training_step` returns None, so
+    `max_consecutive_skips` skipped steps in a row. One process: the step returns None, so
     Lightning runs no backward; the optimizer sees no gradients (or, inside a gradient-accumulation
     window, only those of the window's other batches), the weights and optimizer state stay, and
     the lr schedule and `global_step` move on. Several processes (DDP): every rank learns whether
@@ -127,22 +79,33 @@ class NonFiniteGuard:
     here: with `16-mixed` Lightning's GradScaler skips those steps itself (and lowers its scale).
     """
 
-    on_nonfinite: NonFinitePolicy
-    max_consecutive_skips: int
-
-    def init_nonfinite_guard(self, on_nonfinite: NonFinitePolicy, max_consecutive_skips: int) -> None:
+    def __init__(self, base_lr: float, lr: float | None, warmup_epochs: float, min_lr: float,
+                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
+        super().__init__()
         name = type(self).__name__
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"{name}.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 0:
             raise ValueError(f"{name}.max_consecutive_skips must be an integer >= 0, got {max_consecutive_skips!r}")
+        self.base_lr, self.lr, self.warmup_epochs, self.min_lr = base_lr, lr, warmup_epochs, min_lr
         self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, max_consecutive_skips
         self.skipped_steps, self._consecutive_skips, self._drop_grads = 0, 0, False
 
-    def guard_loss(self, loss: Tensor, inputs: Tensor, components: Callable[[], dict[str, object]]
-                   ) -> Tensor | None:
-        """`loss` when it is finite on every rank; else raise, or None: skip this update by returning
-        `self.skipped_update()` from `training_step`.
+    # --- learning rate ------------------------------------------------------------------------
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else effective_lr(self.trainer, self.base_lr)
+
+    def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """`configure_optimizers`' answer: `optimizer` with warmup-cosine set every step."""
+        total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
+        schedule = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- the end of a training step -------------------------------------------------------------
+    def training_loss(self, loss: Tensor, inputs: Tensor, components: Callable[[], dict[str, object]]
+                      ) -> Tensor | None:
+        """What `training_step` returns: `loss` (logged as `train/loss`) when it is finite on every
+        rank; else raise, or what skips this update (see the class docstring).
 
         `components` (called only on failure) names what went into the loss: tensors are summarised
         (non-finite counts, largest value), anything else is printed as it is."""
@@ -153,6 +116,7 @@ class NonFiniteGuard:
             self._consecutive_skips = 0
             if self.on_nonfinite == "skip":
                 self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
             return loss
         message = self._describe_nonfinite(loss, inputs, components) if local_bad else (
             f"non-finite training loss on another rank at global step {self.global_step}")
@@ -165,10 +129,9 @@ class NonFiniteGuard:
                                      f"(max_consecutive_skips={self.max_consecutive_skips}); the last: {message}")
         warnings.warn(f"skipping the update: {message}", stacklevel=2)
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-        return None
+        return self._skipped_update()
 
-    def skipped_update(self) -> Tensor | None:
-        """What `training_step` returns to skip an update (see the class docstring)."""
+    def _skipped_update(self) -> Tensor | None:
         if self.trainer.world_size == 1:
             return None  # Lightning skips backward (and, with a GradScaler, the optimizer step)
         self._drop_grads = True
@@ -189,16 +152,7 @@ class NonFiniteGuard:
         lines = "; ".join(f"{key}: {tensor_report(value) if isinstance(value, Tensor) else value}"
                           for key, value in parts.items())
         name = type(self).__name__
-        if "non-finite" in inputs_line:
-            hint = ("the batch itself holds NaN/inf: check the data (a corrupt file, a normalisation std of 0, "
-                    "a transform dividing by zero)")
-        else:
-            hint = ("try bf16-mixed instead of 16-mixed precision, a lower lr, or gradient clipping "
-                    "(trainer.gradient_clip_val: 1.0)")
-            if weights_bad:
-                hint = ("the weights are already non-finite (an earlier update blew up, or the loaded weights "
-                        f"hold NaN/inf): {hint}")
-            if self.on_nonfinite == "raise":
-                hint += f"; or {name}(on_nonfinite='skip') to skip such steps"
+        skip = f"{name}(on_nonfinite='skip')" if self.on_nonfinite == "raise" else None
+        hint = nonfinite_hint("non-finite" in inputs_line, weights_bad, skip)
         return (f"non-finite training loss ({loss.detach().float().item()}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}) of {name}; {lines}. Hint: {hint}")
