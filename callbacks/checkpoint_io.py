@@ -15,6 +15,7 @@ creates the new link). `on_stage` lets a fault-injection test stop the writer ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -61,8 +62,9 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
+    code = f"{errno.errorcode[error.errno]}, " if error.errno in errno.errorcode else ""
     return CheckpointWriteError(error.errno, f"cannot write the checkpoint {path} (directory {path.parent}): "
-                                             f"{error.strerror or error}; any previous file there is unchanged")
+                                             f"{code}{error.strerror or error}; any previous file there is unchanged")
 
 
 @contextlib.contextmanager
@@ -72,11 +74,26 @@ def _staged(path: Path) -> Iterator[Path]:
     staging = partial_path(path)
     try:
         yield staging
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        cause = _os_error_in(error)
+        if cause is None:
+            raise
         with contextlib.suppress(OSError):
             staging.unlink()
-        raise _write_error(path, error) from error
+        raise _write_error(path, cause) from error
     _fsync_directory(path.parent)
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OS error behind `error`: itself, or the one torch's zip writer wraps in a RuntimeError
+    ("[enforce fail at inline_container.cc] unexpected pos ...", the OSError in its context)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _reached(stage: str, path: Path) -> None:

@@ -80,9 +80,12 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
                  std: Sequence[float], crop_pct: float, strict: bool) -> None:
         super().__init__()
         name = type(self).__name__
-        if image_size < 1 or channels not in (1, 3) or batch_size < 1 or num_workers < 0:
-            raise ValueError(f"{name}: image_size={image_size}, channels={channels} (1 or 3), "
-                             f"batch_size={batch_size}, num_workers={num_workers} must be positive")
+        for field, value, least in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
+                                    ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}.{field} must be an integer >= {least}, got {value!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"{name}.channels must be 1 or 3, got {channels!r}")
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"{name}: mean {tuple(mean)} and std {tuple(std)} need {channels} values (channels)")
         self.augment = resolve_augment(augment)
@@ -159,10 +162,21 @@ def plain_augment(augment: Augment | None) -> dict | None:
     return dataclasses.asdict(augment) if augment is not None else None
 
 
-def split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """A seeded permutation of range(n) cut into (train, val, test) by the val and test fractions."""
+def split_indices(n: int, fractions: tuple[float, float], seed: int, owner: str = "split_indices",
+                  what: str = "samples") -> tuple[Tensor, Tensor, Tensor]:
+    """A seeded permutation of range(n) cut into (train, val, test) by the val and test fractions.
+
+    A ValueError (naming `owner`, the fractions and `what` was split) when the fractions leave
+    the training split empty, or give a split asked for (fraction > 0) no sample at all."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
+    sizes = {"training": n - n_val - n_test, "val": n_val, "test": n_test}
+    asked = {"training": True, "val": fractions[0] > 0, "test": fractions[1] > 0}
+    empty = [split for split, size in sizes.items() if asked[split] and size <= 0]
+    if empty:
+        raise ValueError(f"{owner}: val_fraction={fractions[0]} and test_fraction={fractions[1]} of the {n} {what} "
+                         f"leave the {' and '.join(empty)} split empty (sizes: {sizes}); change the fractions "
+                         "or give more data")
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 

@@ -105,7 +105,8 @@ class CIFAR10DataModule(BaseImageDataModule):
         self.class_names = list(train_set.classes)
         pixels = channels_first(torch.from_numpy(train_set.data), self.channels)  # (50000, C, 32, 32)
         labels = torch.tensor(train_set.targets)
-        train, val, _ = split_indices(len(labels), (self.val_fraction, 0.0), self.seed)
+        train, val, _ = split_indices(len(labels), (self.val_fraction, 0.0), self.seed, type(self).__name__,
+                                      "training images")
         train_load, eval_load = self.train_pipeline(), self.eval_pipeline()
         self.splits["train"] = ImageSamples(pixels[train], labels[train], train_load, self.strict)
         if len(val):

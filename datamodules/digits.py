@@ -73,7 +73,7 @@ class DigitsDataModule(BaseImageDataModule):
         if self.splits:
             return
         pixels, labels = digits_pixels(self.image_size, self.channels)  # (N, C, S, S) uint8, (N,)
-        train, val, test = split_indices(len(labels), self.fractions, self.seed)
+        train, val, test = split_indices(len(labels), self.fractions, self.seed, "DigitsDataModule", "digits")
         values = pixels[train].float() / 255
         self.mean, self.std = (values.mean().item(),) * self.channels, (values.std().item(),) * self.channels
         train_load, eval_load = self.train_pipeline(), self.eval_pipeline()  # PIL recipes normalise with them

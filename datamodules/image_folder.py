@@ -23,13 +23,32 @@ LabelSource = Literal["folders", "none"]
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every image file under `root`, recursively (following links, skipping hidden files and
-    folders), in a stable sorted order."""
-    found = []
+    """Every image file under `root`, recursively, in a stable sorted order, skipping hidden files
+    and folders. Links to folders are followed, but each real folder is visited once and each
+    real file listed once (a link loop such as `loop -> .` is named in a warning and not walked
+    again), so the walk takes time linear in the real files."""
+    found: list[Path] = []
+    seen_files: set[Path] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    loops: list[str] = []
     for directory, subdirectories, files in os.walk(root, followlinks=True):
+        here = os.stat(directory)
+        if (here.st_dev, here.st_ino) in seen_dirs:  # reached again through a link: walked already
+            loops.append(directory)
+            subdirectories[:] = []
+            continue
+        seen_dirs.add((here.st_dev, here.st_ino))
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))  # no .thumbnails etc.
-        found += [Path(directory, f) for f in sorted(files)
-                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]  # nor macOS ._ files
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):  # nor macOS ._ files
+                path = Path(directory, name)
+                real = path.resolve()
+                if real not in seen_files:
+                    seen_files.add(real)
+                    found.append(path)
+    if loops:
+        warnings.warn(f"{root}: {len(loops)} linked folder(s) lead back to folders already listed (a link loop or "
+                      f"a second link to one folder), each listed once: {loops[:3]}", stacklevel=2)
     return found
 
 
@@ -116,7 +135,8 @@ class ImageFolderDataModule(BaseImageDataModule):
         files, targets, classes = list_samples(_existing_folder(self.root, "root"), self.labels, None, "root")
         self.class_names = classes
         self.num_classes = len(classes) if classes else None
-        train, val, test = split_indices(len(files), self.fractions, self.seed)
+        train, val, test = split_indices(len(files), self.fractions, self.seed, "ImageFolderDataModule",
+                                           f"images under {self.root}")
         parts = {"train": train.tolist(), "val": val.tolist(), "test": test.tolist()}
         samples = {name: ([files[i] for i in idx], [targets[i] for i in idx]) for name, idx in parts.items()}
         for split, root in (("val", self.val_root), ("test", self.test_root)):

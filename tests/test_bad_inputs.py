@@ -2,20 +2,21 @@
 
 Cases covered elsewhere (kept there, not repeated here):
 - image size / channels / dtype / smaller than a patch, called directly:
-  test_model.py::test_bad_inputs_raise_clear_errors
+  test_models_mae.py::test_bad_inputs_raise_clear_errors
 - mask_ratio 1.0 or negative, width not divisible by heads (or by 4), any other bad field:
   test_config.py::test_bad_value_names_field_and_value
 - misspelled YAML keys and CLI arguments: test_cli.py::test_misspelled_keys_are_rejected_with_a_suggestion
 - weights that do not fit (missing, unexpected, shape-mismatched keys):
   test_interop_loading.py::test_one_error_names_missing_unexpected_and_mismatched_keys
 - damaged or non-state-dict weight files: test_interop_loading.py::test_damaged_files_fail_naming_the_file,
-  ::test_files_that_hold_no_state_dict; test_classification.py::test_a_file_that_is_not_a_checkpoint_fails_naming_it
+  ::test_files_that_hold_no_state_dict
 - missing or empty data folders: test_image_folder.py::test_a_missing_folder_names_the_field_and_path,
   ::test_a_root_without_images_names_the_path, ::test_a_labelled_root_whose_class_folders_are_empty_says_so
 - a folder of files that are not images: test_image_folder.py::test_a_root_without_images_names_the_path,
   ::test_a_batch_of_only_unreadable_files_is_a_clear_error
 - a truncated image mid-epoch (skipped, counted, logged): test_image_folder.py::test_fit_logs_the_skipped_files
-- NaN/inf in a batch: test_nonfinite.py
+- NaN/inf in a batch or in the weights: test_nonfinite.py::test_nan_batch_names_step_components_and_points_at_the_data,
+  ::test_non_finite_model_output_is_caught
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from PIL import Image
 
 from conftest import ImageDataModule
-from lit_mae import LitMAE, MAEConfig
+from lit_mae import LitLinearProbe, LitMAE
 
 
 def test_data_of_another_image_size_names_both_sizes_and_the_datamodule_field(tiny_config, make_trainer):
@@ -90,9 +91,10 @@ def test_pretrained_pointing_at_a_file_that_is_no_checkpoint_names_it(tmp_path, 
         Image.new("RGB", (8, 8)).save(path)
     else:
         path.write_text("model:\n  class_path: lit_mae.LitMAE\n" if kind == "yaml" else "some notes")
-    with pytest.raises(ValueError) as info:
-        LitMAE(pretrained=str(path))
-    message = str(info.value)
-    assert message.startswith(f"{path}: not a weights file") and "not a checkpoint at all" in message, message
-    assert ".ckpt/.pth/.bin/.safetensors file or a Hugging Face model directory" in message, message
+    for system in (LitMAE, LitLinearProbe):  # pretraining and a probe's encoder read `pretrained` alike
+        with pytest.raises(ValueError) as info:
+            system(pretrained=str(path))
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a weights file") and "not a checkpoint at all" in message, message
+        assert ".ckpt/.pth/.bin/.safetensors file or a Hugging Face model directory" in message, message
 

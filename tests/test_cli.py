@@ -6,7 +6,6 @@ every run happens in a temporary directory (the config's relative `runs/...` pat
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_ok, run_all, tiny_cli_args, tiny_config_values
 from lit_mae import LitMAE
 
 CONFIG = REPO_ROOT / "configs" / "pretrain.yaml"
@@ -25,33 +24,15 @@ LIGHTNING = [str(SCRIPTS / "lightning")]
 LIT_MAE = [str(SCRIPTS / "lit-mae")]
 PYTHON_M = [sys.executable, "-m", "lit_mae"]
 
-TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-            decoder_depth=1, decoder_num_heads=2)
-TINY_ARGS = [arg for key, value in TINY.items() for arg in (f"--model.init_args.config.{key}", str(value))]
+TINY = tiny_config_values()
+TINY_ARGS = tiny_cli_args()
 # limits are fractions: Trainer types them `float | int`, so "1" on the command line means 100%
 QUICK_ARGS = [*TINY_ARGS, "--data.init_args.image_size", "16", "--data.init_args.batch_size", "16",
               "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
 
 
-def run_all(commands: list[list[str]], cwd: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    """Run commands side by side; their outputs in order."""
-    # one thread each: these processes share the machine's cores with each other
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in commands]
-    results = []
-    for cmd, proc in zip(commands, procs):
-        out, err = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
-    return results
-
-
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return run_all([command], cwd)[0]
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"{result.args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
 # --- fit, then validate / test / predict from its checkpoint ----------------------------------

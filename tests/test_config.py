@@ -66,9 +66,29 @@ def test_bad_value_names_field_and_value(overrides, field, value):
     assert field in message and value in message, message
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.99])
-def test_mask_ratio_in_half_open_unit_interval_is_accepted(ratio):
-    assert tiny(mask_ratio=ratio).mask_ratio == ratio
+@pytest.mark.parametrize("ratio, visible", [(0.0, 16), (0.05, 15), (0.5, 8), (0.75, 4), (0.9, 1)])
+def test_a_mask_ratio_that_keeps_some_patches_visible_is_accepted(ratio, visible):
+    """0 too: no masking, as for features (LitMAE's pretraining refuses it: it needs masked patches)."""
+    config = tiny(mask_ratio=ratio)  # 16 patches
+    assert int(config.num_patches * (1 - config.mask_ratio)) == visible
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(mask_ratio=0.99), "keeps int(16 x (1 - 0.99)) = 0 of the 16 patches visible (32x32 images in 8-pixel"),
+    (dict(mask_ratio=0.95, img_size=16), "= 0 of the 4 patches visible (16x16 images"),
+    (dict(layer_norm_eps=float("inf")), "MAEConfig.layer_norm_eps must be a finite positive number, got inf"),
+    (dict(layer_norm_eps=float("nan")), "MAEConfig.layer_norm_eps must be a finite positive number, got nan"),
+    (dict(mlp_ratio=float("nan")), "MAEConfig.mlp_ratio must be a finite positive number, got nan"),
+    (dict(mlp_ratio=0.01), "MAEConfig.mlp_ratio=0.01 gives an MLP hidden width of round(embed_dim x mlp_ratio) = 0"),
+    (dict(decoder_mlp_ratio=0.02), "MAEConfig.decoder_mlp_ratio=0.02 gives an MLP hidden width of "
+                                   "round(decoder_embed_dim x decoder_mlp_ratio) = 0"),
+])
+def test_settings_that_would_train_nothing_or_nan_are_refused(overrides, words):
+    """0.99 of 16 patches leaves the encoder no patch; an infinite eps or a zero-width MLP give a
+    model that cannot learn."""
+    with pytest.raises(ValueError) as error:
+        tiny(**overrides)
+    assert words in str(error.value)
 
 
 def test_decoder_depth_zero_is_allowed():

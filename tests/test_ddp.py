@@ -10,7 +10,6 @@ predict and equivalence runs. Each run gets its own free MASTER_PORT.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,18 +24,17 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DistributedSampler, Subset
 
-from conftest import REPO_ROOT, ImageDataModule, ImageDataset
+import conftest
+from conftest import REPO_ROOT, ImageDataModule, ImageDataset, assert_ok, tiny_cli_args
 from lit_mae import LitMAE
 from lit_mae.callbacks import EmbeddingWriter, KNNMonitor, OnlineLinearProbe, ReconstructionGridLogger
-from lit_mae.callbacks.predictions import _merge
 from lit_mae.datamodules import DigitsDataModule
 from lit_mae.optim import param_groups_weight_decay
 from lit_mae.systems.base import step_generator
 
 CONFIGS = REPO_ROOT / "configs"
 TESTS = Path(__file__).resolve().parent
-TINY = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-TINY_ARGS = [arg for key, value in TINY.items() for arg in (f"--model.init_args.config.{key}", str(value))]
+TINY_ARGS = tiny_cli_args()
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
 CPU_DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 PRETRAIN_BATCH, PRETRAIN_ACCUMULATE, PRETRAIN_BASE_LR = 8, 2, 1.5e-3  # base_lr: configs/pretrain.yaml
@@ -49,29 +47,11 @@ def free_port() -> int:
 
 
 def run_all(commands: list[list[str]], cwd: Path, timeout: float = 240) -> list[subprocess.CompletedProcess]:
-    """Run commands side by side, each with its own MASTER_PORT; their outputs in order."""
-    # one thread per process: they share the machine's cores; the tests folder is importable, so a
-    # child can read `conftest.ImageDataModule` as a class path
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    # a session of its own per command: Lightning's second process joins it, so a hung run can be
-    # stopped whole
-    procs = [subprocess.Popen(cmd, cwd=cwd, env={**env, "MASTER_PORT": str(free_port())}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True) for cmd in commands]
-    results = []
-    for cmd, proc in zip(commands, procs):
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:  # a hung collective: stop both ranks, and say so
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            err += f"\n[test_ddp] killed after {timeout} s"
-        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
-    return results
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"{result.args}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    """`conftest.run_all`, each command with its own MASTER_PORT; the tests folder is importable, so a
+    child can read `conftest.ImageDataModule` as a class path. A hung collective is stopped whole:
+    Lightning's second process joins its command's session."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return conftest.run_all(commands, cwd, timeout, env=lambda: {"PYTHONPATH": path, "MASTER_PORT": str(free_port())})
 
 
 def lit_mae(*args: str) -> list[str]:
@@ -197,7 +177,10 @@ def test_embedding_writer_gathers_one_file_equal_to_one_process(pretrained, tmp_
                                "--config", "predict.yaml", *CPU_DDP, "--trainer.enable_progress_bar", "false",
                                "--ckpt_path", str(checkpoint))], tmp_path)
     assert_ok(result)
-    assert {p.name for p in tmp_path.iterdir()} == {"predict.yaml", "config.yaml", "emb.pt"}  # no per-rank files
+    assert {p.name for p in tmp_path.iterdir()} == {"predict.yaml", "runs", "emb.pt"}  # no per-rank files
+    # without a logger the record goes beside the run's own (the config's default_root_dir), not here
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.yaml") if p.name == "config.yaml"] == [
+        "runs/pretrain/predict_0/config.yaml"]
     two = torch.load(tmp_path / "emb.pt", weights_only=True)
 
     digits = DigitsDataModule(image_size=16, channels=3, batch_size=8, seed=0)  # as in configs/pretrain.yaml
@@ -209,15 +192,6 @@ def test_embedding_writer_gathers_one_file_equal_to_one_process(pretrained, tmp_
     assert torch.equal(two["indices"], torch.arange(len(one["indices"])))  # every test image once, in order
     assert torch.equal(two["labels"], one["labels"])
     torch.testing.assert_close(two["embeddings"], one["embeddings"], rtol=1e-5, atol=1e-5)
-
-
-def test_merge_sorts_rows_on_indices_and_drops_repeats():
-    shards = [{"embeddings": torch.tensor([[0.0], [2.0], [4.0]]), "indices": torch.tensor([0, 2, 4])},
-              {"embeddings": torch.tensor([[1.0], [3.0], [0.5]]), "indices": torch.tensor([1, 3, 0])}]
-    merged = _merge(shards)
-    assert merged["indices"].tolist() == [0, 1, 2, 3, 4]
-    assert merged["embeddings"].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # the first of index 0
-    assert _merge([]) is None
 
 
 # --- two processes compute what one process computes on the global batch ------------------------

@@ -17,28 +17,31 @@ naming the file and folder, leave no partial file, and leave the previous `last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_config_values
+from conftest import REPO_ROOT, tiny_cli_args, tiny_config_values
 from lit_mae import LitMAE
 from lit_mae.callbacks import AtomicModelCheckpoint
 from lit_mae.callbacks import checkpoint_io as checkpointing
-from lit_mae.callbacks.checkpoint_io import CheckpointWriteError
+from lit_mae.callbacks.checkpoint_io import CheckpointWriteError, atomic_torch_save
 from lit_mae.cli.lightning_cli import run_cli
 from lit_mae.datamodules import SyntheticDataModule
 
@@ -49,8 +52,7 @@ INTERVAL = 2  # optimizer steps between checkpoints
 MAX_STEPS = 150  # digits at batch 64: 23 batches an epoch; the 20 kills leave it unfinished
 SAVING_KILLS = 6  # of the KILLS, planned inside a write: half at each of `on_stage`'s STAGES
 STAGES = ("written", "linking")  # reported to the parent as 1 and 2 in the shared `saving` value
-TINY = [f"--model.init_args.config.{key}={value}" for key, value in dict(
-    embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2).items()]
+TINY = tiny_cli_args()
 CHECKPOINTS = {"class_path": "lit_mae.callbacks.AtomicModelCheckpoint", "init_args": {
     "dirpath": "checkpoints", "filename": "step{step:03d}", "auto_insert_metric_name": False, "every_n_train_steps": INTERVAL, "save_top_k": 1,
     "save_last": "link"}}
@@ -236,6 +238,61 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(pretrain_t
     assert caught.value.errno == errno.ENOSPC and str(dirpath) in str(caught.value)
     assert (dirpath / "last.ckpt").resolve().read_bytes() == before and _saved_step(dirpath / "last.ckpt") == 2
     assert not list(dirpath.glob(".*"))  # no partial file left
+
+
+def _small_filesystem(where: Path, size: str) -> bool:
+    """Mount a tmpfs of `size` at `where`; False where mounting is not allowed (not root, a sandbox)."""
+    where.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def _fill(disk: Path, leave: int = 0) -> None:
+    """Write a file that takes every free byte of `disk` but `leave`."""
+    with open(disk / "filler", "wb") as filler:
+        with contextlib.suppress(OSError):
+            while shutil.disk_usage(disk).free > leave:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB file system of its own (a tmpfs), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    if not _small_filesystem(disk, "16m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root in a mount-capable sandbox)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_inside_torchs_zip_writer_is_named_and_leaves_no_partial_file(small_disk):
+    """torch's zip writer turns the ENOSPC of a large write into `RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ...`, the OSError only in its context."""
+    target = small_disk / "last.ckpt"
+    atomic_torch_save({"weights": torch.zeros(1000)}, target)
+    before = target.read_bytes()
+    _fill(small_disk, leave=256 * 1024)  # room for the archive's start, not for the 4 MB record
+    with pytest.raises(CheckpointWriteError, match="ENOSPC, No space left on device") as caught:
+        atomic_torch_save({"weights": torch.zeros(1_000_000)}, target)  # 4 MB in one record
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the path that used to escape unnamed
+    assert str(target) in str(caught.value) and target.read_bytes() == before
+    assert not list(small_disk.glob(".*"))  # the partial file is gone: it would keep the disk full
+
+
+def test_a_really_full_file_system_names_enospc_and_keeps_the_previous_checkpoint(pretrain_twice, small_disk):
+    """A whole training run against a real full disk (not a simulated error)."""
+    dirpath = small_disk / "checkpoints"
+    pretrain_twice(dirpath, 2)
+    before = (dirpath / "last.ckpt").resolve().read_bytes()
+    _fill(small_disk)
+    with pytest.raises(CheckpointWriteError, match="ENOSPC, No space left on device") as caught:
+        pretrain_twice(dirpath, 4)
+    assert caught.value.errno == errno.ENOSPC and str(dirpath) in str(caught.value)
+    assert (dirpath / "last.ckpt").resolve().read_bytes() == before  # the previous checkpoint is whole
+    assert not list(dirpath.glob(".*"))  # the partial file is gone: it would keep the disk full
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write permission")

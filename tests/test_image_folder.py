@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
-from conftest import tiny_config_values
+from conftest import UNREADABLE_KINDS, tiny_config_values, write_unreadable
 from lit_mae import LitMAE, MAEConfig
 from lit_mae.datamodules import ImageFolderDataModule
 from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD, collate_skipping
@@ -31,21 +31,6 @@ def write_image(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_bad(path: Path, kind: str) -> Path:
-    """A file with an image suffix that is no readable image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "not-an-image":
-        path.write_text("this is a text file\n")
-    elif kind == "empty":
-        path.write_bytes(b"")
-    else:  # the first 60% of a JPEG
-        whole = write_image(path.with_name("whole-" + path.name))
-        data = whole.read_bytes()
-        whole.unlink()
-        path.write_bytes(data[:int(len(data) * 0.6)])
     return path
 
 
@@ -194,6 +179,47 @@ def test_a_seeded_split_is_reproducible_disjoint_and_covering(tmp_path: Path):
     assert (len(parts[1]), len(parts[2])) == (5, 3)  # round(20 * 0.25), round(20 * 0.15)
 
 
+@pytest.mark.parametrize("images, fractions, empty", [
+    (1, dict(val_fraction=0.9), "training"),  # 1 image: round(0.9) = 1 goes to val
+    (3, dict(val_fraction=0.1), "val"),  # round(0.3) = 0 images for the val split asked for
+    (4, dict(val_fraction=0.5, test_fraction=0.4), "training"),
+])
+def test_fractions_that_leave_a_split_empty_say_which(tmp_path: Path, images: int, fractions: dict, empty: str):
+    for index in range(images):
+        write_image(tmp_path / f"{index}.png", index)
+    with pytest.raises(ValueError) as error:
+        make_dm(tmp_path, labels="none", **fractions)
+    message = str(error.value)
+    assert f"of the {images} images under {tmp_path} leave the {empty} split empty" in message, message
+    assert f"val_fraction={fractions['val_fraction']}" in message
+
+
+def test_folder_link_loops_list_each_real_file_once_and_are_named(tmp_path: Path):
+    """`loop -> .` and `sub/up -> ..` made the walk list the files again and again (exponentially
+    with two loops) and put the same images in train and val."""
+    root = tmp_path / "images"
+    files = {write_image(root / f"{index}.png", index) for index in range(5)}
+    files |= {write_image(root / "sub" / f"{index}.png", 10 + index) for index in range(2)}
+    (root / "loop").symlink_to(".")
+    (root / "sub" / "up").symlink_to("..")
+    with pytest.warns(UserWarning, match=r"2 linked folder\(s\) lead back to folders already listed") as record:
+        dm = make_dm(root, labels="none", val_fraction=0.3)
+    assert any(str(root / "loop") in str(w.message) for w in record)
+    train, val = sources(dm, "train"), sources(dm, "val")
+    assert len(train) + len(val) == 7 and {path.resolve() for path in train + val} == files
+    assert not {path.resolve() for path in train} & {path.resolve() for path in val}  # no leakage
+
+
+def test_a_linked_folder_outside_the_root_is_followed(tmp_path: Path):
+    outside = {write_image(tmp_path / "elsewhere" / f"{index}.png", index) for index in range(3)}
+    write_image(tmp_path / "root" / "own.png", 9)
+    (tmp_path / "root" / "more").symlink_to(tmp_path / "elsewhere")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one link to a folder is no loop
+        dm = make_dm(tmp_path / "root", labels="none")
+    assert {path.resolve() for path in sources(dm, "train")} == outside | {(tmp_path / "root" / "own.png")}
+
+
 def test_val_and_test_roots_are_used_and_labelled_by_class_name(tmp_path: Path):
     train_files = labelled_tree(tmp_path / "train")
     val = {write_image(tmp_path / "val" / "dog" / "v1.png"): "dog",
@@ -277,13 +303,10 @@ def test_worker_processes_yield_what_the_main_process_does(tmp_path: Path):
 
 # --- unreadable files ------------------------------------------------------------------------------
 
-BAD_KINDS = ("not-an-image", "truncated", "empty")
-
-
 def tree_with_bad_files(root: Path, good: int = 3) -> tuple[list[Path], list[Path]]:
     """(good files, bad files) of an unlabelled folder; every bad file has an image suffix."""
     goods = [write_image(root / f"good{i}.png", i) for i in range(good)]
-    bads = [write_bad(root / f"bad-{kind}.jpg", kind) for kind in BAD_KINDS]
+    bads = [write_unreadable(root / f"bad-{kind}.jpg", kind) for kind in UNREADABLE_KINDS]
     return goods, bads
 
 
@@ -316,11 +339,11 @@ def test_collate_skipping_counts_the_dropped_samples():
         collate_skipping([None, None])
 
 
-@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("kind", UNREADABLE_KINDS)
 def test_strict_stops_at_the_unreadable_file_naming_it(tmp_path: Path, kind: str):
     for i in range(3):
         write_image(tmp_path / f"good{i}.png", i)
-    bad = write_bad(tmp_path / f"bad-{kind}.jpg", kind)
+    bad = write_unreadable(tmp_path / f"bad-{kind}.jpg", kind)
     dm = make_dm(tmp_path, labels="none", strict=True, batch_size=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # raising, not warning
@@ -329,8 +352,8 @@ def test_strict_stops_at_the_unreadable_file_naming_it(tmp_path: Path, kind: str
 
 
 def test_a_batch_of_only_unreadable_files_is_a_clear_error(tmp_path: Path):
-    write_bad(tmp_path / "a.jpg", "empty")
-    write_bad(tmp_path / "b.png", "not-an-image")
+    write_unreadable(tmp_path / "a.jpg", "empty")
+    write_unreadable(tmp_path / "b.png", "not-an-image")
     dm = make_dm(tmp_path, labels="none", augment=None)
     with pytest.warns(UserWarning, match="skipping"):
         with pytest.raises(UnreadableImageError, match="all 2 images of the batch are unreadable"):

@@ -13,6 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from conftest import UNREADABLE_KINDS, write_unreadable
 from lit_mae.datamodules.images import UnreadableImageError, load_pil, read_image
 from lit_mae.datamodules.transforms import (
     RECIPES, Augment, CropAndFlip, EvalPipeline, PILPipeline, eval_transform, pipeline,
@@ -169,22 +170,10 @@ def test_crop_plan_sees_the_upright_image(tmp_path: Path):
 
 # --- unreadable files ------------------------------------------------------------------------------
 
-def _bad_file(tmp: Path, kind: str) -> Path:
-    path = tmp / f"{kind}.jpg"
-    if kind == "not-an-image":
-        path.write_text("name,label\ncat,1\n")
-    elif kind == "empty":
-        path.write_bytes(b"")
-    else:  # the first 60% of a real JPEG
-        whole = save(tmp / "whole.jpg", Image.fromarray(rgb_noise(300, 400)), quality=95).read_bytes()
-        path.write_bytes(whole[:int(len(whole) * 0.6)])
-    return path
-
-
-@pytest.mark.parametrize("kind", ["not-an-image", "truncated", "empty"])
+@pytest.mark.parametrize("kind", UNREADABLE_KINDS)
 @pytest.mark.parametrize("reader", ["read_image", "read_image with a crop", "load_pil", "eval", "finetune"])
 def test_unreadable_files_raise_an_error_naming_them(tmp_path: Path, kind: str, reader: str):
-    path = _bad_file(tmp_path, kind)
+    path = write_unreadable(tmp_path / f"{kind}.jpg", kind)
     read = {
         "read_image": read_image,
         "read_image with a crop": lambda p: read_image(p, plan=lambda h, w: (0, 0, h, w), size=(16, 16)),

@@ -21,6 +21,7 @@ from transformers import ViTForImageClassification, ViTMAEConfig, ViTMAEForPreTr
 from lit_mae.interop import (config_from_hf, config_to_hf, export_hf, hf_to_lit, lit_to_hf, load_pretrained,
                              load_strict)
 from lit_mae.interop.hf import is_hf_state_dict
+from conftest import assert_same_state, perturbed
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,11 +36,7 @@ DROPPED = ("drop_path_rate", "attn_implementation", "decoder_pos_interpolation")
 
 def perturbed_lit(seed: int = 0, **changes) -> MaskedAutoencoderViT:
     torch.manual_seed(seed)
-    model = MaskedAutoencoderViT(MAEConfig(**{**SMALL, **changes})).eval()
-    with torch.no_grad():
-        for param in model.parameters():  # includes the requires_grad=False position tables
-            param.add_(torch.randn_like(param) * 0.1)
-    return model
+    return perturbed(MaskedAutoencoderViT(MAEConfig(**{**SMALL, **changes})), seed)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,12 +47,6 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def lit_names(hf_keys) -> set[str]:
     """lit-mae's names for a set of transformers keys (4.x or 5.x; q/k/v become one qkv)."""
     return set(hf_to_lit({key: torch.zeros(1) for key in hf_keys}))
-
-
-def assert_same_state_dict(got: dict, want: dict) -> None:
-    assert list(got) == list(want)
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
 
 
 def test_perturbation_reaches_every_parameter():
@@ -145,7 +136,7 @@ def test_encoder_loads_into_vit_for_image_classification(tmp_path, encoder_only)
 def test_export_then_load_pretrained_is_exact(tmp_path, changes):
     lit = perturbed_lit(**changes)
     back = load_pretrained(export_hf(lit, tmp_path))
-    assert_same_state_dict(back.state_dict(), lit.state_dict())
+    assert_same_state(back.state_dict(), lit.state_dict(), ordered=True)
     assert back.config == lit.config
 
 
@@ -153,7 +144,7 @@ def test_export_drops_what_transformers_cannot_hold_and_overwrites(tmp_path):
     lit = perturbed_lit(drop_path_rate=0.1, attn_implementation="eager", decoder_pos_interpolation="hf-1d")
     export_hf(perturbed_lit(seed=1), tmp_path)  # an older export in the same directory
     back = load_pretrained(export_hf(lit, tmp_path))
-    assert_same_state_dict(back.state_dict(), lit.state_dict())
+    assert_same_state(back.state_dict(), lit.state_dict(), ordered=True)
     assert back.config == lit.config.replace(drop_path_rate=0.0, attn_implementation="sdpa",
                                              decoder_pos_interpolation="2d")
 
@@ -173,7 +164,7 @@ def test_lit_to_hf_then_hf_to_lit_is_exact(prefix):
     assert is_hf_state_dict(hf)
     encoder_keys = [k for k in hf if not k.startswith("decoder.")]
     assert all(k.startswith(prefix) for k in encoder_keys) and not any(k.startswith("vit.vit") for k in hf)
-    assert_same_state_dict(dict(sorted(hf_to_lit(hf).items())), dict(sorted(state_dict.items())))
+    assert_same_state(dict(sorted(hf_to_lit(hf).items())), dict(sorted(state_dict.items())), ordered=True)
 
 
 def test_hf_to_lit_then_lit_to_hf_gives_the_transformers_model_back(tmp_path):
@@ -182,22 +173,19 @@ def test_hf_to_lit_then_lit_to_hf_gives_the_transformers_model_back(tmp_path):
                           decoder_num_attention_heads=2, decoder_intermediate_size=48)
     for model_class, prefix in ((ViTMAEForPreTraining, "vit."), (ViTMAEModel, "")):
         torch.manual_seed(0)
-        model = model_class(config)
-        with torch.no_grad():
-            for param in model.parameters():  # zero biases or unit norms could hide a swapped name
-                param.add_(torch.randn_like(param))
+        model = perturbed(model_class(config), scale=1.0)  # zero biases or unit norms could hide a swapped name
         state_dict = dict(sorted(model.state_dict().items()))
         back = dict(sorted(lit_to_hf(hf_to_lit(state_dict), prefix).items()))
         if "vit.encoder.layer.0.attention.attention.query.weight" in state_dict or \
                 "encoder.layer.0.attention.attention.query.weight" in state_dict:
-            assert_same_state_dict(back, state_dict)  # transformers 4.x: its in-memory names are the file's
+            assert_same_state(back, state_dict, ordered=True)  # transformers 4.x: its in-memory names are the file's
         # any version: the 4.x-named file (the hub's format) loads as the very same model
         directory = tmp_path / model_class.__name__
         config.save_pretrained(directory)
         save_file({k: v.contiguous() for k, v in back.items()}, str(directory / "model.safetensors"))
         loaded, info = model_class.from_pretrained(directory, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-        assert_same_state_dict(dict(sorted(loaded.state_dict().items())), state_dict)
+        assert_same_state(dict(sorted(loaded.state_dict().items())), state_dict, ordered=True)
 
 
 def test_lit_to_hf_names_keys_it_does_not_know():
@@ -276,8 +264,8 @@ def test_5x_names_load_and_match_the_5x_outputs():
     assert max_diff(got.latent, outputs["last_hidden_state"]) <= ATOL
     assert abs(got.loss.item() - outputs["loss"].item()) <= ATOL
     # and the same weights under 4.x names (what lit_to_hf writes) give the same lit-mae weights
-    assert_same_state_dict(load_pretrained(lit_to_hf(lit.state_dict()), config=config).state_dict(),
-                           lit.state_dict())
+    assert_same_state(load_pretrained(lit_to_hf(lit.state_dict()), config=config).state_dict(),
+                      lit.state_dict(), ordered=True)
 
 
 def test_5x_vitmae_model_names_load_into_the_encoder():

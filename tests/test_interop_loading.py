@@ -1,7 +1,8 @@
 """lit_mae.interop loading: formats told apart by content, strict errors, safe reading, reports.
 
-Every model is perturbed first (biases, LayerNorms, both position tables), so that a key mapped to
-the wrong place cannot hide behind an init value. Export and timm parity: test_interop_official_timm.py.
+Every model is perturbed first (`conftest.perturbed`: biases, LayerNorms, both position tables), so
+that a key mapped to the wrong place cannot hide behind an init value. Export and timm parity:
+test_interop_official_timm.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,35 +19,18 @@ import torch
 from safetensors.torch import save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from conftest import ImageDataModule, tiny_config_values
+from conftest import ImageDataModule, assert_same_state, perturbed, tiny_config_values
 from lit_mae import LitFineTune, LitLinearProbe, LitMAE
 from lit_mae.interop import (
     FORMATS, detect_format, load_classifier, load_encoder_weights, load_pretrained,
     official_state_dict, read_state_dict,
 )
-from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
+from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder, preset_config
 from lit_mae.systems.encoders import load_encoder
 
 CONFIG = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=3.0,
                    decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)
 HEADS = dict(num_heads=4, decoder_num_heads=2)  # what shapes cannot tell for CONFIG
-
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():  # includes the frozen position tables
-            param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
-def assert_same_state(got: torch.nn.Module | dict, want: torch.nn.Module | dict, skip: tuple[str, ...] = ()) -> None:
-    got = got if isinstance(got, dict) else got.state_dict()
-    want = want if isinstance(want, dict) else want.state_dict()
-    keys = {k for k in want if not k.startswith(skip)}
-    assert {k for k in got if not k.startswith(skip)} == keys
-    for key in keys:
-        assert torch.equal(got[key], want[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +212,32 @@ def test_official_training_checkpoint_with_args_and_numpy_scalars_loads(mae, tmp
     model = load_pretrained(tmp_path / "checkpoint-399.pth", **HEADS)
     assert model.config.norm_pix_loss and model.config.mask_ratio == 0.6  # from args
     assert_same_state(model, mae)
+
+
+def test_settings_a_bare_official_file_cannot_tell_are_warned_not_just_noted():
+    """A decoder trained with 4 heads, in a file without config or args: the standard 16 heads are
+    assumed, which builds another model; that must reach the user as a warning."""
+    mae = perturbed(MaskedAutoencoderViT(MAEConfig(**tiny_config_values(embed_dim=192, num_heads=3,
+                                                                        decoder_embed_dim=32, decoder_num_heads=4))))
+    with pytest.warns(UserWarning) as record:
+        model = load_pretrained({"model": official_state_dict(mae)})
+    message = " ".join(str(w.message) for w in record)
+    assert "decoder_num_heads=16 assumed" in message and "norm_pix_loss=False assumed" in message
+    assert "num_heads=3 assumed" in message and "give the true values" in message
+    assert model.config.decoder_num_heads == 16 != mae.config.decoder_num_heads  # what the warning is about
+
+
+@pytest.mark.parametrize("name, heads", [("mae_vit_large_patch16", (16, 16)), ("mae_vit_base_patch16", (12, 16))])
+def test_an_official_training_checkpoint_names_its_model_and_so_its_heads(name, heads):
+    """Official training checkpoints keep `args.model`; its preset gives the heads the shapes cannot."""
+    config = preset_config(name.split("_")[2], img_size=32, patch_size=16, depth=1, decoder_depth=1)
+    state = official_state_dict(MaskedAutoencoderViT(config))
+    args = argparse.Namespace(model=name, norm_pix_loss=True, mask_ratio=0.75)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is assumed: no warning
+        model = load_pretrained({"model": state, "args": args})
+    assert (model.config.num_heads, model.config.decoder_num_heads) == heads
+    assert model.config.norm_pix_loss
 
 
 def test_hf_file_without_config_json_is_inferred_with_transformers_eps(tmp_path):

@@ -2,10 +2,13 @@
 
 timm's `VisionTransformer` is the outside implementation: what the official fine-tuning script
 builds (`models_vit` subclasses it) and what `vit_*_patch16_224.mae` weights load into. Every
-parameter is perturbed first, including biases, LayerNorms and the position tables.
+parameter is perturbed first (`conftest.perturbed`), including biases, LayerNorms, the position
+tables and the probe's BatchNorm statistics.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from lit_mae.interop import (
     detect_format, export_official, export_timm, load_classifier, load_encoder_weights, load_pretrained, timm_kwargs,
 )
+from conftest import assert_same_state, perturbed
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
 
 CONFIG = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=3.0,
@@ -21,28 +25,8 @@ CONFIG = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4
 ATOL = 1e-5
 
 
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():  # includes the frozen position tables
-            param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-        for module in model.modules():  # the probe's BatchNorm statistics
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.normal_(generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model.eval()
-
-
 def classifier(pool: str, probe: bool = False, config: MAEConfig = CONFIG) -> ViTClassifier:
     return perturbed(ViTClassifier(config, num_classes=5, pool=pool, head_batchnorm=probe))
-
-
-def assert_same_state(got: torch.nn.Module, want: torch.nn.Module, skip: tuple[str, ...] = ()) -> None:
-    got, want = got.state_dict(), want.state_dict()
-    keys = {k for k in want if not k.startswith(skip)}
-    assert {k for k in got if not k.startswith(skip)} == keys
-    for key in keys:
-        assert torch.equal(got[key], want[key]), key
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -57,7 +41,8 @@ IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 def test_official_round_trip_of_the_full_model(tmp_path):
     mae = perturbed(MaskedAutoencoderViT(CONFIG.replace(norm_pix_loss=True, layer_norm_eps=1e-5)))
-    path = export_official(mae, tmp_path / "mae_full.pth")
+    with pytest.warns(UserWarning, match="layer_norm_eps is 1e-05, the official code's is fixed at 1e-06"):
+        path = export_official(mae, tmp_path / "mae_full.pth")
     checkpoint = torch.load(path, weights_only=True)
     assert set(checkpoint["model"]) == {k.removeprefix("encoder.") for k in mae.state_dict()}  # official names
     assert detect_format(path) == "official-full"
@@ -73,6 +58,26 @@ def test_official_round_trip_of_the_full_model(tmp_path):
     loaded = load_pretrained(bare, num_heads=4, decoder_num_heads=2, layer_norm_eps=1e-5, norm_pix_loss=True)
     assert loaded.config == mae.config and loaded.load_report.config_from == "shapes"
     assert_same_state(loaded, mae)
+
+
+def test_exporting_an_hf_eps_model_warns_how_far_the_official_model_drifts(tmp_path):
+    """Hugging Face files use eps 1e-12; the official models hard-code 1e-6. The warning is no
+    formality: the official model built from the exported weights computes other features."""
+    mae = perturbed(MaskedAutoencoderViT(CONFIG.replace(layer_norm_eps=1e-12)))
+    with pytest.warns(UserWarning, match="layer_norm_eps is 1e-12") as record:
+        path = export_official(mae.encoder, tmp_path / "encoder.pth")
+    assert len(record) == 1
+    official = ViTEncoder(CONFIG)  # eps 1e-6, as the official code builds it
+    official.load_state_dict(torch.load(path, weights_only=True)["model"])
+    with torch.no_grad():
+        drift = (official.forward_features(IMAGES) - mae.encoder.forward_features(IMAGES)).abs().max().item()
+    assert drift > 1e-5
+
+
+def test_exporting_an_official_eps_model_does_not_warn(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_official(MaskedAutoencoderViT(CONFIG), tmp_path / "full.pth")
 
 
 def test_official_round_trip_of_an_encoder(tmp_path):

@@ -1,4 +1,5 @@
-"""The representation monitors (online probe, kNN) and the prediction writer, on tiny CPU runs."""
+"""The representation monitors of lit_mae/callbacks/monitors.py (online linear probe, kNN), on tiny
+CPU runs. The prediction writer (callbacks/predictions.py): test_predictions.py."""
 
 from __future__ import annotations
 
@@ -9,20 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lit_mae import MAEConfig
-from lit_mae.callbacks import EmbeddingWriter, KNNMonitor, OnlineLinearProbe, knn_predict
-from lit_mae.systems.classification import LitLinearProbe
+from conftest import ImageDataModule, tiny_lit_mae
+from lit_mae.callbacks import KNNMonitor, OnlineLinearProbe, knn_predict
 from lit_mae.datamodules.digits import DigitsDataModule
 from lit_mae.systems.pretraining import LitMAE
-from conftest import ImageDataModule, tiny_config_values
 
 MONITOR_LOGGER = "lit_mae.callbacks.monitors"
-
-
-def tiny_mae() -> LitMAE:
-    return LitMAE(config=MAEConfig(**tiny_config_values()), lr=1e-3, warmup_epochs=0)
 
 
 # ---- knn_predict ----------------------------------------------------------------------------------
@@ -64,7 +59,7 @@ def test_online_probe_and_knn_learn_digits_and_log(make_trainer):
     datamodule = DigitsDataModule(image_size=16, batch_size=64)
     probe, knn = OnlineLinearProbe(lr=1e-2), KNNMonitor(every_n_epochs=1, k=10)
     trainer = make_trainer(max_epochs=2, limit_val_batches=1.0, callbacks=[probe, knn])
-    trainer.fit(tiny_mae(), datamodule=datamodule)
+    trainer.fit(tiny_lit_mae(), datamodule=datamodule)
     metrics = trainer.callback_metrics
     names = {"online_probe/train_acc", "online_probe/train_loss", "online_probe/val_acc", "knn/val_acc"}
     assert names <= set(metrics)
@@ -78,7 +73,7 @@ def test_online_probe_sends_no_gradient_to_the_encoder(make_trainer):
 
     def fit(callbacks: list) -> LitMAE:
         seed_everything(0)
-        model = tiny_mae()
+        model = tiny_lit_mae()
         make_trainer(max_steps=3, callbacks=callbacks).fit(model, datamodule=ImageDataModule(kind="tuple"))
         return model
 
@@ -90,7 +85,7 @@ def test_online_probe_sends_no_gradient_to_the_encoder(make_trainer):
 
 
 def test_online_probe_step_leaves_encoder_grads_untouched(make_trainer):
-    model = tiny_mae()
+    model = tiny_lit_mae()
     probe = OnlineLinearProbe(num_classes=10)
     trainer = make_trainer(max_steps=1, callbacks=[probe])
     trainer.fit(model, datamodule=ImageDataModule(kind="tuple"))
@@ -113,7 +108,7 @@ def test_monitors_switch_off_without_labels(make_trainer, caplog, case):
         datamodule = ImageDataModule(dataset=TensorDataset(images, torch.full((16,), -1)))
     probe, knn = OnlineLinearProbe(num_classes=10), KNNMonitor(every_n_epochs=1)
     trainer = make_trainer(max_epochs=2, limit_val_batches=1.0, callbacks=[probe, knn])
-    trainer.fit(tiny_mae(), datamodule=datamodule)
+    trainer.fit(tiny_lit_mae(), datamodule=datamodule)
     assert not probe.active and not knn.enabled
     assert not any(name.startswith(("online_probe/", "knn/")) for name in trainer.callback_metrics)
     messages = [record.getMessage() for record in caplog.records if record.name == MONITOR_LOGGER]
@@ -124,72 +119,6 @@ def test_monitors_switch_off_without_labels(make_trainer, caplog, case):
 def test_online_probe_off_without_num_classes(make_trainer, caplog):
     caplog.set_level(logging.INFO, logger=MONITOR_LOGGER)
     probe = OnlineLinearProbe()
-    make_trainer(max_steps=2, callbacks=[probe]).fit(tiny_mae(), datamodule=ImageDataModule(kind="tuple"))
+    make_trainer(max_steps=2, callbacks=[probe]).fit(tiny_lit_mae(), datamodule=ImageDataModule(kind="tuple"))
     assert not probe.active
     assert any("num_classes" in r.getMessage() for r in caplog.records if r.name == MONITOR_LOGGER)
-
-
-# ---- EmbeddingWriter --------------------------------------------------------------------------------
-
-def _cls_features(model, images: torch.Tensor) -> torch.Tensor:
-    encoder = model.model.encoder
-    with torch.no_grad():
-        return encoder.pool(encoder.forward_features(images), "cls")
-
-
-@pytest.mark.parametrize("system", ["mae", "linear_probe"])
-def test_embedding_writer_writes_embeddings_logits_labels_indices(make_trainer, tmp_path, system):
-    seed_everything(0)
-    if system == "mae":
-        model = tiny_mae()
-    else:
-        model = LitLinearProbe(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10)
-    datamodule = DigitsDataModule(image_size=16, batch_size=200)  # the 180 test digits in one batch
-    path = tmp_path / "out" / "predictions.pt"
-    make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=datamodule)
-
-    written = torch.load(path, weights_only=True)  # plain tensors, lists and strings: no pickled code
-    test = datamodule.on_after_batch_transfer(next(iter(datamodule.predict_dataloader())), 0)
-    images, labels = test.images, test.labels  # the whole predict split, in order
-    assert len(labels) == 180
-    n, width = len(labels), model.model.encoder.config.embed_dim
-    assert written["embeddings"].shape == (n, width)
-    assert torch.equal(written["indices"], torch.arange(n))
-    assert torch.equal(written["labels"], labels)
-    torch.testing.assert_close(written["embeddings"], _cls_features(model, images))
-    if system == "mae":
-        assert "logits" not in written
-    else:
-        assert written["logits"].shape == (n, 10)
-        with torch.no_grad():  # eval mode: the head's BatchNorm uses its running statistics
-            torch.testing.assert_close(written["logits"], model.eval().model.classify(written["embeddings"]))
-    assert "paths" not in written
-
-
-class FileImages(Dataset):
-    """Images with file-path `sources`, as `ImageSamples` has, and no labels (-1)."""
-
-    def __init__(self, n: int) -> None:
-        self.sources = [f"images/{i:03d}.png" for i in range(n)]
-        self.images = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], -1
-
-
-def test_embedding_writer_writes_paths_and_leaves_out_unlabelled(make_trainer, tmp_path):
-    class PredictFiles(ImageDataModule):
-        def predict_dataloader(self):
-            return self.val_dataloader()
-
-    dataset = FileImages(10)
-    path = tmp_path / "predictions.pt"
-    model = tiny_mae()
-    make_trainer(callbacks=[EmbeddingWriter(path)]).predict(model, datamodule=PredictFiles(dataset=dataset))
-    written = torch.load(path, weights_only=True)  # plain tensors, lists and strings: no pickled code
-    assert written["paths"] == dataset.sources
-    assert "labels" not in written
-    torch.testing.assert_close(written["embeddings"], _cls_features(model, dataset.images))

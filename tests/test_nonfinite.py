@@ -1,9 +1,9 @@
-"""NaN and inf losses: stop naming the step and what went into the loss, or skip the update and
-count it (one process, gradient accumulation, DDP); fp16 and its gradient scaler on CPU."""
+"""NaN and inf losses (the guard in lit_mae/systems/base.py, the reports of systems/nonfinite.py): stop
+naming the step and what went into the loss, or skip the update and count it (one process, gradient
+accumulation, DDP); fp16 and its gradient scaler on CPU."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.plugins import MixedPrecision
 
-from conftest import REPO_ROOT, ImageDataModule, ImageDataset
+from conftest import REPO_ROOT, ImageDataModule, ImageDataset, assert_same_state, state_copy
 from lit_mae import LitFineTune, LitLinearProbe, LitMAE
 from lit_mae.cli import leave_process_group
 
@@ -28,10 +28,6 @@ def nan_data(bad: slice, n: int = 16, batch_size: int = 4) -> ImageDataModule:
     return ImageDataModule(dataset=dataset, batch_size=batch_size)
 
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 class StateAround(Callback):
     """The module's weights just before and just after training batch `index`."""
 
@@ -42,17 +38,11 @@ class StateAround(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.index:
-            self.before = _state(pl_module)
+            self.before = state_copy(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.index:
-            self.after = _state(pl_module)
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys() and a
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+            self.after = state_copy(pl_module)
 
 
 # --- raise: the message ----------------------------------------------------------------------
@@ -79,6 +69,20 @@ def test_blown_up_lr_names_the_weights_and_hints_at_lr_precision_and_skipping(ti
         assert words in message, (words, message)
 
 
+def test_non_finite_model_output_is_caught(tiny_config, make_trainer):
+    system = LitMAE(config=tiny_config, lr=1e-3)
+    with torch.no_grad():
+        system.model.decoder_pred.bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"non-finite.*step 0") as info:
+        make_trainer(max_steps=2).fit(system, ImageDataModule(n=8, batch_size=4))
+    message = str(info.value)  # finite data, non-finite weights: the message says which, and hints so
+    for words in ("at global step 0", "inputs: finite",
+                  "weights: 1 non-finite tensors, e.g. ['model.decoder_pred.bias']",
+                  "the weights are already non-finite", "on_nonfinite='skip'"):
+        assert words in message, (words, message)
+    assert "check the data" not in message
+
+
 def test_bad_option_values_are_named(tiny_config):
     with pytest.raises(ValueError, match=r"LitMAE\.on_nonfinite must be 'raise' or 'skip', got 'ignore'"):
         LitMAE(config=tiny_config, on_nonfinite="ignore")
@@ -100,7 +104,7 @@ def test_skip_leaves_the_weights_and_optimizer_counts_it_and_goes_on(tiny_config
     trainer = make_trainer(max_epochs=1, callbacks=[around, Logged()])
     with pytest.warns(UserWarning, match="skipping the update: non-finite training loss .* at global step 2"):
         trainer.fit(system, nan_data(slice(8, 12)))
-    assert_same(around.before, around.after)
+    assert_same_state(around.before, around.after)
     assert system.skipped_steps == 1 and logged == [0.0, 0.0, 1.0, 1.0]
     assert trainer.global_step == 4  # the schedule moves on
     steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
@@ -123,7 +127,7 @@ def test_skip_inside_gradient_accumulation_keeps_the_windows_other_batch(tiny_co
     trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[first_window])
     trainer.fit(system, nan_data(slice(4 * bad_batch, 4 * bad_batch + 4)))
     assert system.skipped_steps == 1 and trainer.global_step == 2
-    after = _state(system)
+    after = state_copy(system)
     assert all(torch.isfinite(v).all() for v in after.values())
     # the second window still stepped, on its finite batch alone
     assert not torch.equal(after["model.decoder_pred.weight"], first_window.after["model.decoder_pred.weight"])
@@ -168,12 +172,12 @@ class LeaveGlooTogether(Callback):
 def test_skip_under_ddp_every_rank_skips_together(tiny_config, tmp_path, one_thread):
     # returning None on one rank alone would stop Lightning (or hang DDP's gradient all-reduce)
     system = PoisonedOnRankZero(config=tiny_config, lr=1e-3, warmup_epochs=0, on_nonfinite="skip")
-    start = _state(system)
+    start = state_copy(system)
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       limit_val_batches=0, default_root_dir=tmp_path, callbacks=[LeaveGlooTogether()])
     trainer.fit(system, ImageDataModule(n=8, batch_size=2, kind="tuple"))  # 2 steps a rank, all skipped
-    assert_same(start, _state(system))  # rank 0's weights, sent back by the spawn launcher
+    assert_same_state(start, state_copy(system))  # rank 0's weights, sent back by the spawn launcher
 
 
 # --- precision ----------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def test_fp16_gradient_scaler_skips_steps_with_inf_gradients(tiny_config, make_t
     scaler = trainer.precision_plugin.scaler
     start_scale = scaler.get_scale()
     trainer.fit(system, ImageDataModule(n=16))
-    assert_same(around.before, around.after)
+    assert_same_state(around.before, around.after)
     assert scaler.get_scale() == start_scale / 2 and system.skipped_steps == 0 and trainer.global_step == 3
 
 

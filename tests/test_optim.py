@@ -1,4 +1,4 @@
-"""Optimisation helpers as pure functions: parameter groups, lr scaling, warmup-cosine."""
+"""lit_mae.optim as pure functions: parameter groups, lr scaling, warmup-cosine, layer-wise lr decay, LARS."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 from lit_mae import MAEConfig, MaskedAutoencoderViT
 from lit_mae.models import ViTEncoder
 from lit_mae.optim import (
+    LARS,
     param_groups_layer_decay,
     param_groups_weight_decay,
     parameter_ndims,
@@ -45,18 +46,6 @@ def test_groups_split_weights_from_vectors_and_biases(tiny_config):
     assert "mask_token" in decay and "encoder.cls_token" in decay
     assert any(n.endswith("norm.weight") for n in no_decay)
     assert any(n.endswith(".bias") for n in no_decay)
-
-
-def test_groups_cover_each_trainable_parameter_once_and_skip_frozen(tiny_config):
-    model = MaskedAutoencoderViT(tiny_config)
-    groups = param_groups_weight_decay(model, 0.1)
-    grouped = [id(p) for g in groups for p in g["params"]]
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-
-    assert len(grouped) == len(set(grouped)), "a parameter is in two groups"
-    assert set(grouped) == trainable
-    assert {"encoder.pos_embed", "decoder_pos_embed"} <= frozen  # the fixed sin-cos tables
 
 
 def test_groups_honour_skip_and_frozen_weights():
@@ -109,7 +98,9 @@ def test_groups_build_an_adamw_that_steps_every_trainable_weight_once(tiny_confi
     groups = param_groups_weight_decay(model, 0.05)
     grouped = [id(p) for group in groups for p in group["params"]]
     trainable = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert sorted(grouped) == sorted(trainable)  # each trainable parameter in exactly one group
+    assert {"encoder.pos_embed", "decoder_pos_embed"} <= frozen  # the fixed sin-cos tables: in no group
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(groups, lr=1e-3)
     model(torch.randn(2, 3, 16, 16), generator=torch.Generator().manual_seed(0)).loss.backward()
@@ -234,3 +225,54 @@ def test_layer_decay_scales_the_actual_lr_by_exactly_the_factor_at_every_step(de
         optimizer.step()
         schedule.step()
     assert seen_steps == total - 1  # every step but the first (lr 0 at the start of warmup)
+
+
+# --- LARS (the linear-probe optimizer): plain momentum SGD on 1-D parameters, trust-ratio-scaled
+# updates on the rest ---------------------------------------------------------------------------------
+
+def _step(optimizer_cls, param: torch.Tensor, grads: list[torch.Tensor], **kwargs) -> torch.Tensor:
+    param = torch.nn.Parameter(param.clone())
+    optimizer = optimizer_cls([param], **kwargs)
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+    return param.detach()
+
+
+def test_one_dimensional_parameters_follow_torch_momentum_sgd():
+    torch.manual_seed(0)
+    start, grads = torch.randn(7), [torch.randn(7) for _ in range(5)]
+    ours = _step(LARS, start, grads, lr=0.3, weight_decay=0.5, momentum=0.9)  # no decay on 1-D
+    reference = _step(torch.optim.SGD, start, grads, lr=0.3, momentum=0.9)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_first_step_of_a_matrix_has_length_lr_times_trust_times_weight_norm(weight_decay):
+    torch.manual_seed(0)
+    # float64: the step is ~1e-3 of the weights, so float32 rounding would blur its direction
+    start, grad = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    lr, trust = 0.5, 0.001
+    moved = _step(LARS, start, [grad], lr=lr, weight_decay=weight_decay, trust_coefficient=trust) - start
+    assert torch.linalg.vector_norm(moved).item() == pytest.approx(lr * trust * start.norm().item(), rel=1e-9)
+    direction = grad + weight_decay * start  # trust scaling applies even at weight decay 0
+    assert torch.allclose(moved / moved.norm(), -direction / direction.norm(), atol=1e-9)
+
+
+def test_matrix_updates_ignore_the_gradient_scale():
+    torch.manual_seed(0)
+    start, grad = torch.randn(3, 3), torch.randn(3, 3)
+    small = _step(LARS, start, [grad], lr=1.0)
+    large = _step(LARS, start, [grad * 1000], lr=1.0)
+    assert torch.allclose(small, large, atol=1e-6)
+
+
+def test_zero_weight_matrix_falls_back_to_plain_update():
+    grad = torch.ones(2, 2)
+    moved = _step(LARS, torch.zeros(2, 2), [grad], lr=0.1)
+    assert torch.allclose(moved, -0.1 * grad)
+
+
+def test_negative_settings_name_the_field():
+    with pytest.raises(ValueError, match="momentum.*-0.5"):
+        LARS([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=-0.5)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
+from conftest import assert_same_state, perturbed
 from lit_mae.interop import config_from_hf, hf_to_lit, load_pretrained, load_strict
 from lit_mae.models import MaskedAutoencoderViT
 
@@ -38,11 +39,7 @@ def hf_config(norm_pix_loss: bool = False, mask_ratio: float = 0.75, attn: str =
 
 def perturbed_hf(config: ViTMAEConfig, model_class=ViTMAEForPreTraining, seed: int = 0):
     torch.manual_seed(seed)
-    hf = model_class(config).eval()
-    with torch.no_grad():
-        for param in hf.parameters():  # includes the requires_grad=False position tables
-            param.add_(torch.randn_like(param) * 0.1)
-    return hf
+    return perturbed(model_class(config), seed)  # the requires_grad=False position tables too
 
 
 def save_hf(hf, directory: Path, safe_serialization: bool = True) -> Path:
@@ -200,8 +197,7 @@ def test_transformers5_decoder_encoder_alias_loads_like_decoder_layers():
     assert aliased.keys() != state_dict.keys()
     config = config_from_hf(hf.config.to_dict())
     lit, direct = load_pretrained(aliased, config=config), load_pretrained(state_dict, config=config)
-    for (name, got), (_, want) in zip(lit.state_dict().items(), direct.state_dict().items()):
-        assert torch.equal(got, want), name
+    assert_same_state(lit, direct, ordered=True)
 
 
 # --- strict loading errors ----------------------------------------------------------------------

@@ -12,13 +12,11 @@ wrote, at the path their YAML names.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pickle
 import sys
 from pathlib import Path
 from typing import Iterator
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -27,7 +25,7 @@ import yaml
 from PIL import Image
 
 import lit_mae.datamodules
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli_in
 from lit_mae.cli.lightning_cli import LitMAECLI, run_cli
 
 CONFIGS = REPO_ROOT / "configs"
@@ -74,15 +72,8 @@ def fit(config: str, where: Path, *args: str) -> LitMAECLI:
     """
     accumulate = recipe(config)["trainer"].get("accumulate_grad_batches", 1)
     one_epoch = ["--trainer.limit_train_batches", str(2 * accumulate)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: threads only spin
-    try:
-        # as if typed: LightningCLI warns when pytest's own arguments are in sys.argv
-        with contextlib.chdir(where), mock.patch.object(sys, "argv", ["lightning"]):
-            return run_cli(["fit", "--config", str(CONFIGS / config), *ON_CPU,
-                            *data_args(recipe(config), DATA_ON_CPU), *one_epoch, *args])
-    finally:
-        torch.set_num_threads(threads)
+    return run_cli_in(where, ["fit", "--config", str(CONFIGS / config), *ON_CPU,
+                              *data_args(recipe(config), DATA_ON_CPU), *one_epoch, *args])
 
 
 def encoder_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -149,10 +140,13 @@ def test_gpu_pretraining_recipes_take_the_compiled_fast_path(path):
     ("cifar10/finetune.yaml", "cifar10/pretrain.yaml"),
 ])
 def test_probe_and_fine_tune_read_the_checkpoint_their_pretraining_writes(path, pretrain):
-    (checkpoint,) = recipe(pretrain)["trainer"]["callbacks"]
-    assert checkpoint["init_args"]["save_last"]
-    expected = Path(checkpoint["init_args"]["dirpath"]) / "last.ckpt"
-    assert Path(recipe(path)["model"]["init_args"]["pretrained"]) == expected
+    trainer = recipe(pretrain)["trainer"]
+    (checkpoint,) = trainer["callbacks"]
+    assert checkpoint["init_args"]["save_last"] and "dirpath" not in checkpoint["init_args"]  # <run>/checkpoints
+    logger = trainer["logger"]["init_args"]
+    run = Path(logger["save_dir"]) / logger["name"] / logger["version"]
+    assert run == Path(trainer["default_root_dir"])  # the same folder with a logger or without one
+    assert Path(recipe(path)["model"]["init_args"]["pretrained"]) == run / "checkpoints" / "last.ckpt"
 
 
 def test_an_imagenet_config_without_a_data_root_stops_and_names_it(capsys, monkeypatch):

@@ -25,9 +25,14 @@ def main(args: list[str] | None = None) -> None:
 
         visualize_main(argv[1:])
         return
+    from lit_mae.cli.errors import exit_on_user_error
     from lit_mae.cli.lightning_cli import run_cli
 
-    run_cli(args)
+    try:
+        run_cli(args)
+    except Exception as error:  # a bad value or file: its own message as the last line, exit 2
+        exit_on_user_error(error)
+        raise
     leave_process_group()
 
 

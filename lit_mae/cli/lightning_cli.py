@@ -14,6 +14,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclasses for short names)
 import lit_mae.systems  # noqa: F401  (likewise the LightningModules)
+from lit_mae.cli.checkpoint_rule import model_settings
+from lit_mae.cli.run_folder import check_fresh_fit, check_writable, evaluation_beside_training
 
 class UnknownKey(NamedTuple):
     key: str  # the misspelled name
@@ -109,6 +111,32 @@ class LitMAECLI(LightningCLI):
         elif isinstance(main, LitMAEArgumentParser):
             main.subcommand_parsers.append(parser)
         return parser
+
+    def _parse_ckpt_path(self) -> None:
+        # Replaces LightningCLI 2.6's step of this name, which writes the checkpoint's
+        # hyper-parameters over the model's settings (no public switch turns it off); the
+        # rule and why: lit_mae.cli.checkpoint_rule. tests/test_cli.py checks the name still exists.
+        subcommand = self.config.get("subcommand")
+        if not subcommand or self.config[subcommand].get("model") is None:
+            return
+        model = self.config[subcommand]["model"]
+        changes = model_settings(model.get("init_args") or {}, self.config[subcommand].get("ckpt_path"))
+        if changes:
+            update = {subcommand: {"model": {"class_path": model["class_path"], "init_args": changes}}}
+            self.config = self.parser.parse_object(update, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in ("validate", "test", "predict"):
+            evaluation_beside_training(self.config[self.subcommand]["trainer"], self.subcommand)
+
+    def before_fit(self) -> None:
+        check_fresh_fit(self.trainer, self.config["fit"].get("ckpt_path"))
+        check_writable(self.trainer)
+
+    def before_validate(self) -> None:
+        check_writable(self.trainer, checkpoints=False)
+
+    before_test = before_predict = before_validate
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,

@@ -7,10 +7,12 @@ LitMAE, a `preset` with `overrides`) and LitMAE's `mask_ratio`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from torch import Tensor
 
+from lit_mae.interop.files import read_state_dict
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, resolve_config
 
 MODEL_PREFIX = "model."  # LitMAE.model, LitLinearProbe.model, LitFineTune.model
@@ -49,3 +51,29 @@ def lightning_checkpoint(model: MaskedAutoencoderViT) -> dict[str, Any]:
         "epoch": 0,
         "global_step": 0,
     }
+
+
+def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The dict in a Lightning checkpoint file, or a ValueError / FileNotFoundError naming the file
+    and what is wrong (missing, empty, truncated, not a torch file, or weights without the
+    Lightning training state, such as an official `.pth` or a Hugging Face file)."""
+    content = read_state_dict(path)
+    missing = [key for key in ("state_dict", "pytorch-lightning_version") if key not in content]
+    if missing or not is_lightning_checkpoint(content):
+        raise ValueError(f"{path}: not a Lightning checkpoint (it has no {' or '.join(map(repr, missing))}: plain "
+                         "weights, such as an official .pth, timm or Hugging Face file); to start a run from "
+                         "weights give them as the model's `pretrained`, not as ckpt_path")
+    return content
+
+
+def weight_conflicts(written: MAEConfig, ours: MAEConfig) -> list[str]:
+    """The fields that fix the weights (`MAEConfig.weight_fields`) and differ between two architectures."""
+    return [name for name in MAEConfig.weight_fields() if getattr(written, name) != getattr(ours, name)]
+
+
+def describe_conflicts(fields: list[str], written: MAEConfig, ours: MAEConfig) -> str:
+    """'written with embed_dim=32, depth=1; this model has embed_dim=192, depth=6'."""
+    def values(config: MAEConfig) -> str:
+        return ", ".join(f"{name}={getattr(config, name)!r}" for name in fields)
+
+    return f"written with {values(written)}; this model has {values(ours)}"

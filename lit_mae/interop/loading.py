@@ -24,7 +24,7 @@ from lit_mae.interop.checkpoint import config_from_hparams, is_lightning_checkpo
 from lit_mae.interop.files import find_weights, read_state_dict
 from lit_mae.interop.hf import config_from_hf, hf_to_lit, is_hf_state_dict
 from lit_mae.interop.official import (
-    CLASSIFIER_PREFIXES, CONFIG_KEY, DECODER_PREFIXES, official_kind, official_to_lit,
+    CLASSIFIER_PREFIXES, CONFIG_KEY, DECODER_PREFIXES, heads_of_official_model, official_kind, official_to_lit,
 )
 from lit_mae.interop.shapes import infer_config
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
@@ -224,6 +224,7 @@ def _read(source: str | Path | Mapping[str, Any]) -> _Source:
         config = MAEConfig.from_dict(saved) if isinstance(saved, Mapping) else None
         if isinstance(args, argparse.Namespace):  # official training checkpoints
             hints = {k: getattr(args, k) for k in ("norm_pix_loss", "mask_ratio") if hasattr(args, k)}
+            hints.update(heads_of_official_model(getattr(args, "model", None)))
     elif fmt == "hf":
         hints = {"layer_norm_eps": 1e-12}  # transformers' default, where no config.json says otherwise
         config = config_from_hf(json.loads(config_file.read_text())) if config_file is not None else None
@@ -260,6 +261,10 @@ def _architecture(src: _Source, config: MAEConfig | None, overrides: dict[str, A
         arch, notes = infer_config(src.state, decoder, **{**src.hints, **overrides})
     except ValueError as error:
         raise ValueError(f"{src.where} ({src.format} weights, no config with them): {error}") from None
+    if notes:  # settings the file does not hold: a wrong guess builds another model, so say so
+        warnings.warn(f"{src.where} ({src.format} weights, no config with them): {'; '.join(notes)}; if the "
+                      "weights were trained otherwise, give the true values (a config, or the fields as "
+                      "overrides)", stacklevel=3)
     return arch, "shapes", notes
 
 

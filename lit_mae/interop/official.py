@@ -9,17 +9,31 @@ lit-mae's `head_norm.*` / `head.*`.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
+from lit_mae.models import PRESETS, MAEConfig, MaskedAutoencoderViT, ViTClassifier, ViTEncoder
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
 CLASSIFIER_PREFIXES = ("fc_norm.", "head.", "head_norm.")
 CONFIG_KEY = "lit_mae_config"  # beside "model" in exported files; official tools ignore it
+OFFICIAL_LAYER_NORM_EPS = 1e-6  # hard-coded in the official models (partial(nn.LayerNorm, eps=1e-6))
+_OFFICIAL_MODEL_NAME = re.compile(r"mae_vit_(base|large|huge)_patch(\d+)")
+
+
+def heads_of_official_model(name: object) -> dict[str, int]:
+    """{num_heads, decoder_num_heads} of an official model name (training checkpoints' `args.model`,
+    e.g. "mae_vit_large_patch16"); {} for any other name."""
+    match = _OFFICIAL_MODEL_NAME.fullmatch(str(name))
+    if not match:
+        return {}
+    config = PRESETS[match.group(1)]()
+    return {"num_heads": config.num_heads, "decoder_num_heads": config.decoder_num_heads}
 
 ExportableModel = MaskedAutoencoderViT | ViTEncoder | ViTClassifier
 
@@ -91,8 +105,15 @@ def export_official(model: ExportableModel, path: str | Path) -> Path:
     """Write `{"model": official state dict, "lit_mae_config": config}` with `torch.save`.
 
     The official fine-tuning script reads `checkpoint["model"]` (and ignores the config, which lets
-    `load_pretrained` rebuild the exact architecture, heads included).
+    `load_pretrained` rebuild the exact architecture, heads included). The official code builds
+    every LayerNorm with eps 1e-6: a model with another eps (1e-12 in every Hugging Face file)
+    warns, since the official model would compute other outputs from these weights.
     """
     path = Path(path)
+    eps = model_config(model).layer_norm_eps
+    if eps != OFFICIAL_LAYER_NORM_EPS:
+        warnings.warn(f"export_official: this model's layer_norm_eps is {eps:g}, the official code's is fixed at "
+                      f"{OFFICIAL_LAYER_NORM_EPS:g}: its outputs from {path} will differ from this model's "
+                      "(by about 5e-4 for 1e-12); lit-mae's own loaders read the true eps from the file", stacklevel=2)
     torch.save({"model": official_state_dict(model), CONFIG_KEY: model_config(model).to_dict()}, path)
     return path

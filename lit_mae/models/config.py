@@ -7,8 +7,11 @@ the paper's code finds the same words here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+
+from lit_mae.models.ops import num_kept
 
 AttnImplementation = Literal["sdpa", "eager"]
 DecoderPosInterpolation = Literal["2d", "hf-1d"]
@@ -36,7 +39,7 @@ class MAEConfig:
     decoder_depth: int = weights(8)
     decoder_num_heads: int = weights(16)
     decoder_mlp_ratio: float = weights(4.0)
-    mask_ratio: float = 0.75  # fraction of patches removed, in [0, 1)
+    mask_ratio: float = 0.75  # fraction of patches removed, in [0, 1), keeping at least one visible
     norm_pix_loss: bool = False  # per-patch normalised pixel targets (the paper's best setting)
     layer_norm_eps: float = 1e-6  # official 1e-6; Hugging Face checkpoints use 1e-12
     qkv_bias: bool = weights(True)
@@ -53,8 +56,13 @@ class MAEConfig:
         _require_int("decoder_depth", self.decoder_depth, minimum=0)
         for name in ("mlp_ratio", "decoder_mlp_ratio", "layer_norm_eps"):
             value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ValueError(f"MAEConfig.{name} must be a positive number, got {value!r}")
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"MAEConfig.{name} must be a finite positive number, got {value!r}")
+        for ratio, width in (("mlp_ratio", "embed_dim"), ("decoder_mlp_ratio", "decoder_embed_dim")):
+            hidden = round(getattr(self, width) * getattr(self, ratio))
+            if hidden < 1:
+                raise ValueError(f"MAEConfig.{ratio}={getattr(self, ratio)!r} gives an MLP hidden width of "
+                                 f"round({width} x {ratio}) = {hidden}; it must be at least 1")
         if self.img_size < self.patch_size:
             raise ValueError(
                 f"MAEConfig.img_size={self.img_size} is smaller than one patch (patch_size={self.patch_size})"
@@ -76,6 +84,13 @@ class MAEConfig:
                 )
         if not _is_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
             raise ValueError(f"MAEConfig.mask_ratio must be in [0, 1), got {self.mask_ratio!r}")
+        kept = num_kept(self.num_patches, self.mask_ratio)  # K, as the masking computes it
+        if kept < 1:  # 0 (no masking) stays allowed: encoding all patches, as for features
+            raise ValueError(
+                f"MAEConfig.mask_ratio={self.mask_ratio!r} keeps int({self.num_patches} x (1 - {self.mask_ratio!r})) "
+                f"= 0 of the {self.num_patches} patches visible ({self.img_size}x{self.img_size} images in "
+                f"{self.patch_size}-pixel patches): the encoder would see none; lower the ratio"
+            )
         if not _is_number(self.drop_path_rate) or not 0 <= self.drop_path_rate < 1:
             raise ValueError(
                 f"MAEConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}"

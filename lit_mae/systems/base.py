@@ -3,19 +3,30 @@ schedule's length, seeded per-step generators, and what a training step does wit
 
 from __future__ import annotations
 
+import contextlib
 import math
+import pickle
+import random
 import warnings
-from typing import Any, Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import numpy as np
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lit_mae.datamodules.sampling import derive_seed
+from lit_mae.interop.checkpoint import (
+    config_from_hparams, describe_conflicts, read_lightning_checkpoint, weight_conflicts,
+)
+from lit_mae.models import MAEConfig
 from lit_mae.optim import scaled_lr, warmup_cosine_scheduler
 from lit_mae.systems.nonfinite import gradient_report, nonfinite_hint, parameter_report, tensor_report
 
 NonFinitePolicy = Literal["raise", "skip"]
+NONFINITE_STATE = "lit_mae_nonfinite"  # the skip counters, in every checkpoint of a LitSystem
 
 
 def _train_loader_ready(trainer: Trainer) -> object:
@@ -54,6 +65,16 @@ def schedule_steps(trainer: Trainer, warmup_epochs: float) -> tuple[int, int]:
     return total, min(total, round(warmup_epochs * max(1, per_epoch)))
 
 
+def check_numbers(owner: str, positive: Mapping[str, float] | None = None,
+                  non_negative: Mapping[str, float] | None = None) -> None:
+    """A ValueError naming the first setting that is not a finite number of the right sign."""
+    for kind, values in (("positive", positive or {}), ("non-negative", non_negative or {})):
+        for field, value in values.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (kind == "positive" and value == 0):
+                raise ValueError(f"{owner}.{field} must be a {kind} number, got {value!r}")
+
+
 def step_generator(seed: int, step: int, rank: int, stream: str = "train") -> torch.Generator:
     """A CPU generator seeded from (seed, step, rank, stream), so masks survive a resume."""
     return torch.Generator().manual_seed(derive_seed(seed, stream, step, rank))
@@ -83,6 +104,8 @@ class LitSystem(LightningModule):
                  on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
         super().__init__()
         name = type(self).__name__
+        check_numbers(name, positive={"base_lr": base_lr, **({} if lr is None else {"lr": lr})},
+                      non_negative={"warmup_epochs": warmup_epochs, "min_lr": min_lr})
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"{name}.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 0:
@@ -90,6 +113,48 @@ class LitSystem(LightningModule):
         self.base_lr, self.lr, self.warmup_epochs, self.min_lr = base_lr, lr, warmup_epochs, min_lr
         self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, max_consecutive_skips
         self.skipped_steps, self._consecutive_skips, self._drop_grads = 0, 0, False
+
+    @property
+    def architecture(self) -> MAEConfig:
+        """The encoder's (and for LitMAE the decoder's) architecture."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> LitSystem:
+        """Lightning's `load_from_checkpoint`; a file that is no Lightning checkpoint (empty, truncated,
+        random bytes, plain weights) is named with what is wrong, instead of torch's reader error."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except (EOFError, KeyError, OSError, RuntimeError, pickle.UnpicklingError) as error:
+            if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+                read_lightning_checkpoint(checkpoint_path)  # raises the named error when the file is at fault
+            raise error
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[NONFINITE_STATE] = {"skipped_steps": self.skipped_steps, "consecutive": self._consecutive_skips}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(NONFINITE_STATE, {})
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._consecutive_skips = int(state.get("consecutive", 0))
+        # before Lightning loads the weights: name the architecture fields, not only torch's key list
+        ours, theirs = self.state_dict(), checkpoint.get("state_dict", {})
+        mismatched = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+                      if k in theirs and theirs[k].shape != v.shape]
+        try:
+            written = config_from_hparams(checkpoint.get("hyper_parameters", {}), "checkpoint")
+        except ValueError:
+            written = None
+        fields = [] if written is None else weight_conflicts(written, self.architecture)
+        if mismatched or fields:
+            shown = mismatched[:4] + ([f"... {len(mismatched) - 4} more"] if len(mismatched) > 4 else [])
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}: the checkpoint is of another architecture"
+                + (f" ({describe_conflicts(fields, written, self.architecture)})" if fields else "")
+                + ("; shape-mismatched weights (checkpoint vs here): " + ", ".join(shown) if shown else "") + ". "
+                f"{name}.load_from_checkpoint(path) builds the checkpoint's architecture; a resumed fit "
+                "(ckpt_path) needs the config of the run that wrote it")
 
     # --- learning rate ------------------------------------------------------------------------
     def peak_lr(self) -> float:
@@ -100,6 +165,25 @@ class LitSystem(LightningModule):
         total, warmup = schedule_steps(self.trainer, self.warmup_epochs)
         schedule = warmup_cosine_scheduler(optimizer, total, warmup, self.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- randomness -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def seeded_randomness(self, seed: int, stream: str = "train") -> Iterator[None]:
+        """Inside: torch's (CPU and this device's), NumPy's and Python's global RNGs seeded from
+        (seed, stream, global step, rank), as the masks are; afterwards as they were. What draws from
+        them there (timm's mixup/cutmix, drop path, dropout) is then the same in a resumed run."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
+            value = derive_seed(seed, stream, self.global_step, self.global_rank)
+            torch.manual_seed(value)
+            np.random.seed(value % 2**32)
+            random.seed(value)
+            try:
+                yield
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
     # --- the end of a training step -------------------------------------------------------------
     def training_loss(self, loss: Tensor, inputs: Tensor, components: Callable[[], dict[str, object]]

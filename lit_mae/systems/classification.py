@@ -21,7 +21,7 @@ from lit_mae.datamodules.batch import read_batch
 from lit_mae.models import MAEConfig, ViTClassifier
 from lit_mae.models.encoder import PoolKind
 from lit_mae.optim import LARS, parameter_ndims, param_groups_layer_decay
-from lit_mae.systems.base import LitSystem, NonFinitePolicy
+from lit_mae.systems.base import LitSystem, NonFinitePolicy, check_numbers
 from lit_mae.systems.encoders import load_encoder
 from lit_mae.systems.feature_cache import FeatureBatch
 
@@ -39,6 +39,7 @@ class LitClassifier(LitSystem):
                  min_lr: float, drop_path_rate: float = 0.0, on_nonfinite: NonFinitePolicy = "raise",
                  max_consecutive_skips: int = 10) -> None:
         super().__init__(base_lr, lr, warmup_epochs, min_lr, on_nonfinite, max_consecutive_skips)
+        check_numbers(type(self).__name__, non_negative={"weight_decay": weight_decay})
         if pretrained is not None:
             arch, self._encoder_state = load_encoder(pretrained, img_size)
         elif config is not None:
@@ -79,9 +80,14 @@ class LitClassifier(LitSystem):
         self._build(num_classes)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # the checkpoint holds the weights: rebuild from the architecture, not from `pretrained`
         hparams = checkpoint.get("hyper_parameters", {})
         hparams.update(pretrained=None, config=self.arch.to_dict(), img_size=None)
+
+    @property
+    def architecture(self) -> MAEConfig:
+        return self.arch
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -177,20 +183,23 @@ class LitLinearProbe(LitClassifier):
 
 class LitFineTune(LitClassifier):
     """The paper's fine-tuning: average pooling + fresh fc_norm (or cls), head std 2e-5, drop path,
-    trainable position table, layer-wise lr decay, AdamW, mixup/cutmix and label smoothing."""
+    trainable position table, layer-wise lr decay, AdamW, mixup/cutmix and label smoothing.
+
+    Mixup/cutmix and drop path draw from RNGs seeded by (`seed`, global step, rank) at each
+    training step, so a resumed run draws what an uninterrupted one would."""
 
     def __init__(self, pretrained: str | None, num_classes: int | None = None, config: MAEConfig | None = None,
                  img_size: int | None = None, pool: PoolKind = "avg", base_lr: float = 5e-4,
                  lr: float | None = None, weight_decay: float = 0.05, layer_decay: float = 0.75,
                  drop_path_rate: float = 0.1, warmup_epochs: float = 5.0, min_lr: float = 1e-6,
-                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1,
+                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1, seed: int = 0,
                  on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=False,
                          head_init_std=2e-5, base_lr=base_lr, lr=lr, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate,
                          on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
         self.layer_decay = layer_decay
-        self.mixup, self.cutmix, self.label_smoothing = mixup, cutmix, label_smoothing
+        self.mixup, self.cutmix, self.label_smoothing, self.seed = mixup, cutmix, label_smoothing, seed
         self._mixer: Mixup | None = None
         self.save_hyperparameters()
 
@@ -212,8 +221,9 @@ class LitFineTune(LitClassifier):
         return images, F.one_hot(labels, num_classes).float() * (1 - self.label_smoothing) + off
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        images, targets = self.mix(*self._labelled(batch))
-        logits = self.model(images)
+        with self.seeded_randomness(self.seed):
+            images, targets = self.mix(*self._labelled(batch))
+            logits = self.model(images)
         loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
         return self.training_loss(loss, images, lambda: {"logits": logits, "targets (mixed, smoothed)": targets})
 

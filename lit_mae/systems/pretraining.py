@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from lit_mae.datamodules.batch import read_batch
 from lit_mae.interop import load_pretrained
-from lit_mae.interop.checkpoint import config_from_hparams
 from lit_mae.models import MAEConfig, MAEOutput, MaskedAutoencoderViT, patchify, resolve_config
-from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var
+from lit_mae.models.ops import NORM_PIX_EPS, num_kept, patch_mean_var
 from lit_mae.optim import parameter_ndims, param_groups_weight_decay
-from lit_mae.systems.base import LitSystem, NonFinitePolicy, step_generator
+from lit_mae.systems.base import LitSystem, NonFinitePolicy, check_numbers, step_generator
 
 PresetName = Literal["tiny", "small", "base", "large", "huge"]
-
-
-def _checkpoint_config(hparams: Mapping[str, Any]) -> MAEConfig | None:
-    """The architecture a LitMAE checkpoint was written with, when its hyper-parameters tell."""
-    try:
-        return config_from_hparams(hparams, "checkpoint")
-    except ValueError:
-        return None
 
 
 class LitMAE(LitSystem):
@@ -41,8 +32,8 @@ class LitMAE(LitSystem):
             file's (with `overrides`), and an encoder-only file gets a fresh decoder (reported).
         compile: run training/validation steps through `torch.compile(model, fullgraph=True)` (the
             same masks and losses; the first steps pay for compiling).
-        mask_seed: masks come from (mask_seed, global step, rank), so a resumed run draws the
-            masks an uninterrupted one would.
+        mask_seed: masks (and drop path) come from (mask_seed, global step, rank), so a resumed run
+            draws what an uninterrupted one would.
         on_nonfinite: a NaN or inf training loss stops the run ("raise", naming the step and what
             went into the loss) or skips that update ("skip", counted in `train/skipped_steps`);
             see `lit_mae.systems.base.LitSystem`.
@@ -68,6 +59,7 @@ class LitMAE(LitSystem):
         max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__(base_lr, lr, warmup_epochs, min_lr, on_nonfinite, max_consecutive_skips)
+        check_numbers("LitMAE", non_negative={"weight_decay": weight_decay})
         if pretrained is not None:
             if config is not None or preset is not None:
                 raise ValueError("LitMAE: `pretrained` brings its own architecture; drop `config`/`preset` "
@@ -80,6 +72,12 @@ class LitMAE(LitSystem):
             if mask_ratio is not None:
                 arch = arch.replace(mask_ratio=mask_ratio)
             self.model = MaskedAutoencoderViT(arch)
+        if num_kept(arch.num_patches, arch.mask_ratio) >= arch.num_patches:
+            raise ValueError(
+                f"LitMAE: mask_ratio={arch.mask_ratio!r} masks none of the {arch.num_patches} patches "
+                f"({arch.img_size}x{arch.img_size} images in {arch.patch_size}-pixel patches): the loss averages "
+                "over the masked patches, so it would be 0/0 (NaN); use a ratio that masks at least one "
+                "(the paper: 0.75)")
         config = arch.to_dict() if config is not None else None  # plain data in the checkpoint
         self.save_hyperparameters()
         self.weight_decay, self.betas = weight_decay, tuple(betas)
@@ -89,34 +87,18 @@ class LitMAE(LitSystem):
         self._steps = torch.compile(self.model.forward, fullgraph=True) if compile else self.model.forward
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # the checkpoint holds the weights: rebuild from the architecture, not from `pretrained`
         hparams = checkpoint.get("hyper_parameters", {})
         if hparams.get("pretrained") is not None:
             hparams.update(pretrained=None, config=self.config.to_dict(), preset=None, overrides=None)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # before Lightning loads the weights: name the architecture fields, not only torch's key list
-        ours, theirs = self.state_dict(), checkpoint.get("state_dict", {})
-        mismatched = [f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-                      if k in theirs and theirs[k].shape != v.shape]
-        written = _checkpoint_config(checkpoint.get("hyper_parameters", {}))
-        fields = [] if written is None else [
-            name for name in MAEConfig.weight_fields() if getattr(written, name) != getattr(self.config, name)]
-        if mismatched or fields:
-            shown = mismatched[:4] + ([f"... {len(mismatched) - 4} more"] if len(mismatched) > 4 else [])
-
-            def values(config: MAEConfig) -> str:
-                return ", ".join(f"{name}={getattr(config, name)!r}" for name in fields)
-
-            raise ValueError(
-                "LitMAE: the checkpoint is of another architecture"
-                + (f" (written with {values(written)}; this model has {values(self.config)})" if fields else "")
-                + ("; shape-mismatched weights (checkpoint vs here): " + ", ".join(shown) if shown else "") + ". "
-                "LitMAE.load_from_checkpoint(path) builds the checkpoint's architecture; a resumed fit "
-                "(ckpt_path) needs the config of the run that wrote it")
-
     @property
     def config(self) -> MAEConfig:
+        return self.model.config
+
+    @property
+    def architecture(self) -> MAEConfig:
         return self.model.config
 
     def forward(self, images: Tensor, **kwargs: Any) -> MAEOutput:
@@ -144,7 +126,8 @@ class LitMAE(LitSystem):
         return parts
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor | None:
-        images, output = self._forward(batch, "train", self.global_step)
+        with self.seeded_randomness(self.mask_seed):  # drop path: the same draws in a resumed run
+            images, output = self._forward(batch, "train", self.global_step)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self.training_loss(output.loss, images, lambda: self.loss_components(images, output))
 

@@ -1,4 +1,5 @@
-"""ViTClassifier against timm's VisionTransformer (the model MAE's released fine-tuned weights use)."""
+"""ViTClassifier (lit_mae/models/classifier.py) against timm's VisionTransformer (the model MAE's
+released fine-tuned weights use). The Lightning systems around it: test_systems_classification.py."""
 
 from __future__ import annotations
 
@@ -6,17 +7,11 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from conftest import perturbed
 from lit_mae.models import MAEConfig, ViTClassifier
 
 CONFIG = MAEConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=3.0,
                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-
-
-def perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    return model
 
 
 def timm_names(state_dict: dict, pool: str) -> dict:

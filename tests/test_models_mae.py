@@ -1,4 +1,5 @@
-"""MaskedAutoencoderViT and ViTEncoder: shapes, loss, gradients, input checks, init, names."""
+"""MaskedAutoencoderViT and ViTEncoder (lit_mae/models/mae.py, encoder.py): shapes, loss, gradients,
+input checks, init, names. Parity with transformers: test_parity_hf.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, ViTEncoder, patchify
-from lit_mae.models.pos_embed import sincos_2d
+from lit_mae.models.pos_embed import resize_pos_embed, resize_pos_embed_flat, sincos_2d
 
 B, C, IMG, P = 2, 3, 32, 8
 L = (IMG // P) ** 2  # 16
@@ -157,8 +158,11 @@ def test_bad_inputs_raise_clear_errors(model, make, kwargs, words):
 
 
 def test_noise_of_wrong_shape_is_rejected(model, images):
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"noise must have shape \(B, L\) = \(2, 16\), got \(2, 17\)"):
         model(images, noise=torch.rand(B, L + 1))
+    # at another image size the patch count is the images', not the config's
+    with pytest.raises(ValueError, match=r"noise must have shape \(B, L\) = \(2, 36\), got \(2, 16\)"):
+        model(torch.randn(B, C, 48, 48), noise=torch.rand(B, L), interpolate_pos_encoding=True)
 
 
 # --- randomness ---------------------------------------------------------------------------------
@@ -247,7 +251,9 @@ def test_any_channel_count(channels):
     out = model(images)
     assert out.pred.shape == (B, L, P * P * channels)
     assert model.unpatchify(out.pred).shape == images.shape
-    assert torch.isfinite(out.loss)
+    assert model.encoder.patch_embed.proj.in_channels == channels
+    assert torch.isfinite(out.loss)  # and it is the masked MSE against every channel of the patches
+    assert torch.allclose(out.loss, _masked_mse(out.pred, patchify(images, P), out.mask), rtol=1e-6)
 
 
 @pytest.mark.parametrize("decoder_pos_interpolation", ["2d", "hf-1d"])
@@ -262,6 +268,19 @@ def test_interpolate_pos_encoding_other_sizes(decoder_pos_interpolation, hw):
     assert out.latent.shape == (B, 1 + int(n * 0.25), 32)
     assert model.unpatchify(out.pred, grid).shape == images.shape
     assert model.encoder.forward_features(images, interpolate_pos_encoding=True).shape == (B, 1 + n, 32)
+    # the loss compares with the images' own patches, on their grid
+    assert torch.allclose(out.loss, _masked_mse(out.pred, patchify(images, P), out.mask), rtol=1e-6)
+    if hw[0] == hw[1]:  # the same as a model built for that size that holds the resized tables
+        native = MaskedAutoencoderViT(model.config.replace(img_size=hw[0])).eval()
+        state = model.state_dict()
+        state["encoder.pos_embed"] = resize_pos_embed(state["encoder.pos_embed"], grid)
+        state["decoder_pos_embed"] = (resize_pos_embed_flat(state["decoder_pos_embed"], n)
+                                      if decoder_pos_interpolation == "hf-1d"
+                                      else resize_pos_embed(state["decoder_pos_embed"], grid))
+        native.load_state_dict(state, strict=True)
+        noise = torch.rand(B, n)
+        assert torch.equal(native(images, noise=noise).pred,
+                           model(images, noise=noise, interpolate_pos_encoding=True).pred)
 
 
 def test_interpolate_at_native_size_changes_nothing(model, images):

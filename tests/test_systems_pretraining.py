@@ -1,4 +1,7 @@
-"""LitMAE: construction, the lr it trains with, reproducible masks, checkpoints and embedding."""
+"""LitMAE (lit_mae/systems/pretraining.py): construction, starting from pretrained weights, the lr it
+trains with, reproducible masks, checkpoints and embedding in a user's code.
+
+Exact resume is tested in test_resume.py, NaN/inf losses in test_nonfinite.py."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from lightning.pytorch import Callback, LightningModule, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from conftest import ImageDataModule, ImageDataset, tiny_config_values
+from conftest import ImageDataModule, assert_same_state, perturbed, state_copy, tiny_config_values
 from lit_mae import LitMAE, MAEConfig
 from lit_mae.datamodules import DigitsDataModule
+from lit_mae.interop import export_official, export_timm
+from lit_mae.models import MaskedAutoencoderViT
 from lit_mae.optim import warmup_cosine
 from lit_mae.systems.base import step_generator
 
@@ -29,16 +34,6 @@ class StepRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # --- construction ----------------------------------------------------------------------------
@@ -83,6 +78,35 @@ def test_unknown_override_is_named():
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="gigantic"):
         LitMAE(preset="gigantic")
+
+
+# --- starting from pretrained weights (any format lit_mae.interop reads) ----------------------
+
+def test_lit_mae_starts_from_pretrained_weights_and_its_checkpoint_stands_alone(tmp_path, make_trainer):
+    model = perturbed(MaskedAutoencoderViT(MAEConfig(**tiny_config_values())))
+    export_official(model, tmp_path / "release.pth")
+    system = LitMAE(pretrained=str(tmp_path / "release.pth"), overrides={"norm_pix_loss": True}, lr=1e-3)
+    assert_same_state(system.model, model)
+    assert system.config.norm_pix_loss and system.config.embed_dim == model.config.embed_dim
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "run", save_last=True)
+    make_trainer(max_steps=1, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+        system, ImageDataModule(n=8, size=model.config.img_size, batch_size=4))
+    (tmp_path / "release.pth").unlink()
+    reloaded = LitMAE.load_from_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert_same_state(reloaded.model, system.model)
+    assert reloaded.config == system.config
+
+
+def test_lit_mae_from_an_encoder_only_file_initialises_the_decoder_and_says_so(tmp_path):
+    model = perturbed(MaskedAutoencoderViT(MAEConfig(**tiny_config_values())))
+    torch.save(export_timm(model), tmp_path / "timm.pth")
+    with pytest.warns(UserWarning, match="decoder"):
+        system = LitMAE(pretrained=str(tmp_path / "timm.pth"), overrides={"num_heads": model.config.num_heads})
+    assert_same_state(system.model.encoder, model.encoder)
+    with pytest.raises(ValueError, match="pretrained.*architecture"):
+        LitMAE(pretrained=str(tmp_path / "timm.pth"), preset="tiny")
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        LitMAE(pretrained=str(tmp_path / "absent.pth"))
 
 
 # --- the learning rate -----------------------------------------------------------------------
@@ -178,7 +202,7 @@ def test_step_generator_is_deterministic_and_distinct_per_step_rank_and_stream()
 def _fit_steps(system, make_trainer, steps: int = 3, global_seed: int = 0, **kwargs):
     torch.manual_seed(global_seed)
     make_trainer(max_steps=steps, **kwargs).fit(system, ImageDataModule(n=16, batch_size=4))
-    return _state(system)
+    return state_copy(system)
 
 
 def test_same_seed_gives_bitwise_identical_weights(tiny_config, make_trainer):
@@ -186,7 +210,7 @@ def test_same_seed_gives_bitwise_identical_weights(tiny_config, make_trainer):
     for _ in range(2):
         seed_everything(7)
         states.append(_fit_steps(LitMAE(config=tiny_config, lr=1e-3, warmup_epochs=0), make_trainer))
-    _assert_same_state(*states)
+    assert_same_state(*states)
     assert not torch.equal(states[0]["model.decoder_pred.weight"],
                            LitMAE(config=tiny_config).state_dict()["model.decoder_pred.weight"])
 
@@ -197,49 +221,10 @@ def test_masks_come_from_mask_seed_not_the_global_generator(tiny_config, make_tr
     c = LitMAE(config=tiny_config, lr=1e-3, warmup_epochs=0, mask_seed=1)
     c.load_state_dict(start.state_dict())
     # different global seeds, same mask_seed: the same masks, so the same weights
-    _assert_same_state(_fit_steps(a, make_trainer, global_seed=1), _fit_steps(b, make_trainer, global_seed=2))
+    assert_same_state(_fit_steps(a, make_trainer, global_seed=1), _fit_steps(b, make_trainer, global_seed=2))
     # another mask_seed: other masks, other weights
     assert not torch.equal(_fit_steps(c, make_trainer)["model.decoder_pred.weight"],
                            a.state_dict()["model.decoder_pred.weight"])
-
-
-def test_resumed_run_matches_an_uninterrupted_one(tiny_config, make_trainer, tmp_path):
-    start = LitMAE(config=tiny_config, lr=1e-3, warmup_epochs=1)
-    data = ImageDataModule(n=16, batch_size=4)  # 4 steps an epoch
-
-    whole = copy.deepcopy(start)
-    torch.manual_seed(0)
-    make_trainer(max_epochs=2).fit(whole, data)
-
-    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
-    torch.manual_seed(0)
-    make_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saver]).fit(copy.deepcopy(start), data)
-    resumed = copy.deepcopy(start)
-    torch.manual_seed(123)  # the global generator must not matter
-    trainer = make_trainer(max_epochs=2)
-    trainer.fit(resumed, data, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
-
-    assert trainer.global_step == 8
-    _assert_same_state(_state(whole), _state(resumed))
-
-
-# --- failures ---------------------------------------------------------------------------------
-
-def test_non_finite_loss_stops_training_naming_the_step(tiny_config, make_trainer):
-    dataset = ImageDataset(n=16, size=16, channels=3, kind="tuple")
-    dataset.images[8:12] = float("nan")  # the third batch of 4
-    system = LitMAE(config=tiny_config, lr=1e-3, warmup_epochs=0)
-    with pytest.raises(FloatingPointError, match=r"non-finite") as info:
-        make_trainer(max_epochs=1).fit(system, ImageDataModule(dataset=dataset, batch_size=4))
-    assert "step 2" in str(info.value)
-
-
-def test_non_finite_model_output_is_caught(tiny_config, make_trainer):
-    system = LitMAE(config=tiny_config, lr=1e-3)
-    with torch.no_grad():
-        system.model.decoder_pred.bias.fill_(float("inf"))
-    with pytest.raises(FloatingPointError, match=r"non-finite.*step 0"):
-        make_trainer(max_steps=2).fit(system, ImageDataModule(n=8, batch_size=4))
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -261,7 +246,7 @@ def test_checkpoint_reloads_with_safe_loading(tiny_config, make_trainer, tmp_pat
     loaded = LitMAE.load_from_checkpoint(path)  # Lightning's default (safe) loading
     assert loaded.config == system.config == tiny_config
     assert (loaded.base_lr, loaded.mask_seed) == (2e-4, 3)
-    _assert_same_state(_state(loaded), _state(system))
+    assert_same_state(loaded, system)
     assert not torch.equal(loaded.model.decoder_pred.weight, LitMAE(config=tiny_config).model.decoder_pred.weight)
 
 
@@ -291,6 +276,10 @@ def test_subclass_trains_on_a_users_datamodule(tiny_config, make_trainer, kind):
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     embeddings = trainer.predict(system, DataLoader(data.dataset, batch_size=4))
     assert embeddings[0]["embedding"].shape == (4, tiny_config.embed_dim)
+    encoder = system.model.encoder.eval()
+    with torch.no_grad():  # the cls token of the whole (unmasked) image, as EmbeddingWriter writes it
+        expected = encoder.pool(encoder.forward_features(data.dataset.images[:4]), "cls")
+    torch.testing.assert_close(embeddings[0]["embedding"], expected)
 
 
 class OwnSystem(LightningModule):
@@ -312,7 +301,7 @@ class OwnSystem(LightningModule):
 
 def test_users_module_trains_the_borrowed_network(tiny_config, make_trainer):
     system = OwnSystem(tiny_config)
-    before = _state(system.mae)
+    before = state_copy(system.mae)
     make_trainer(max_steps=2).fit(system, ImageDataModule(n=8, batch_size=4, kind="dict"))
     assert len(system.losses) == 2 and all(map(torch.isfinite, torch.tensor(system.losses)))
     assert not torch.equal(before["decoder_pred.weight"], system.mae.state_dict()["decoder_pred.weight"])
