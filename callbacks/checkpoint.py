@@ -28,6 +28,10 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     - A write that fails (disk full, unwritable folder) raises `CheckpointWriteError` naming the
       file, its folder and the OS error; the previous files stay as they were.
 
+    - A `last.ckpt` already in the folder is kept current by this run (one run per folder; the
+      command line refuses a fresh run into a folder that holds one): resuming from a backup copy
+      relinks it instead of starting a `last-v1.ckpt` beside a stale `last.ckpt`.
+
     A kill between writing a new file and moving the link leaves that file beside the link (it is
     overwritten when the resumed run reaches the same step or epoch).
     """
@@ -61,11 +65,12 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
 
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict) -> None:
-        if self.save_last and not self.last_model_path and trainer.ckpt_path:
-            # resumed from this folder's last.ckpt: keep it current. Lightning would start a
-            # last-v1.ckpt when the file resumed from was its run's first, saved before any last.ckpt
+        if self.save_last and not self.last_model_path:
+            # a last.ckpt already in the folder is this run's to keep current (a resumed run, from
+            # last.ckpt or from a backup saved before any last.ckpt). Lightning would write a
+            # last-v1.ckpt beside it, and the stale last.ckpt would go on naming the old file
             name = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-            if os.path.abspath(trainer.ckpt_path) == os.path.abspath(name):
+            if os.path.lexists(name):
                 self.last_model_path = name
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._remove_unlinked(trainer)

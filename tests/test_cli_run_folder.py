@@ -4,10 +4,12 @@ logger nothing lands in the current directory; an unwritable place is named befo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, tiny_cli_args
 
@@ -89,3 +91,22 @@ def test_a_read_only_runs_folder_is_named_before_any_work(lit_mae_main, tmp_path
     assert code == 2 and "Traceback" not in err
     assert f"cannot write into {Path('runs/pretrain')}" in err and "Read-only file system" in err
     assert "Epoch 0" not in out + err  # stopped before training
+
+
+def test_resuming_from_a_backup_copy_never_leaves_last_ckpt_dangling(lit_mae_main, fitted):
+    """Fit on past the backup's epoch, then resume from the backup: `last.ckpt` must name the
+    resumed run's newest checkpoint and load; the file it named before is not deleted under it."""
+    run = fitted / "runs/pretrain"
+    backup = fitted / "backup.ckpt"
+    shutil.copy(run / "checkpoints/last.ckpt", backup)  # epoch 0
+    steps = {}
+    for epochs, ckpt_path in ((3, "last"), (2, str(backup))):
+        code, _, err = lit_mae_main(fitted, ["fit", "--config", str(run / "config.yaml"), "--trainer.max_epochs",
+                                             str(epochs), "--ckpt_path", ckpt_path])
+        assert code == 0, err[-3000:]
+        links = [path for path in (run / "checkpoints").iterdir() if path.is_symlink()]
+        assert [path.name for path in links] == ["last.ckpt"]  # no last-v1.ckpt
+        assert all(path.resolve().is_file() for path in links)  # none dangles
+        steps[epochs] = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert steps == {3: 6, 2: 4}  # last.ckpt is the resumed run's newest (2 steps an epoch)
+    assert (run / "checkpoints/epoch002.ckpt").is_file()  # what last.ckpt named before the backup resume
