@@ -17,6 +17,23 @@ Cases covered elsewhere (kept there, not repeated here):
 - a truncated image mid-epoch (skipped, counted, logged): test_image_folder.py::test_fit_logs_the_skipped_files
 - NaN/inf in a batch or in the weights: test_nonfinite.py::test_nan_batch_names_step_components_and_points_at_the_data,
   ::test_non_finite_model_output_is_caught
+- a mask ratio that masks nothing (pretraining) or leaves no patch visible, an infinite eps, a
+  zero-width MLP: test_config.py::test_settings_that_would_train_nothing_or_nan_are_refused,
+  test_cli_errors.py::test_a_bad_value_is_the_last_line_and_exit_status_2
+- a negative lr, a batch size of 0, fractions that leave a split empty (also a one-image folder at
+  val_fraction 0.9): test_cli_errors.py::test_a_bad_value_is_the_last_line_and_exit_status_2,
+  ::test_a_split_left_empty_at_setup_is_named_too, test_image_folder.py::test_fractions_that_leave_a_split_empty_say_which
+- an empty, random, truncated or non-Lightning file as --ckpt_path or to load_from_checkpoint:
+  test_cli_checkpoint_rule.py::test_a_file_that_is_no_lightning_checkpoint_is_named_in_one_line
+- a config of another architecture than --ckpt_path's: test_cli_checkpoint_rule.py::
+  test_a_config_of_another_architecture_is_refused_naming_the_fields
+- a second fresh fit into a run's folder, a read-only runs/ folder: test_cli_run_folder.py::
+  test_a_second_fresh_fit_into_the_same_folder_stops_and_changes_nothing, ::test_a_read_only_runs_folder_is_named_before_any_work
+- a full disk: test_fault_tolerance.py::test_a_full_disk_inside_torchs_zip_writer_is_named_and_leaves_no_partial_file
+- link loops in an image folder: test_image_folder.py::test_folder_link_loops_list_each_real_file_once_and_are_named
+- settings assumed when loading a file without a config: test_interop_loading.py::
+  test_settings_a_bare_official_file_cannot_tell_are_warned_not_just_noted
+- lit-mae convert errors: test_convert.py::test_convert_errors_name_its_flags_not_python_keywords
 """
 
 from __future__ import annotations
