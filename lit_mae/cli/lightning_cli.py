@@ -95,7 +95,9 @@ class LitMAEArgumentParser(LightningArgumentParser):
 
 
 class LitMAECLI(LightningCLI):
-    """LightningCLI that knows lit-mae's modules by their short class names.
+    """LightningCLI that knows lit-mae's modules by their short class names, applies lit-mae's
+    `--ckpt_path` rule (`lit_mae.cli.checkpoint_rule`) and keeps one run per folder
+    (`lit_mae.cli.run_folder`).
 
     `test_after_fit: true` (top level of a config) runs `test` when `fit` ends, on the checkpoint
     that the ModelCheckpoint callback rates best (the final weights if there is none), and prints
@@ -115,7 +117,8 @@ class LitMAECLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # Replaces LightningCLI 2.6's step of this name, which writes the checkpoint's
         # hyper-parameters over the model's settings (no public switch turns it off); the
-        # rule and why: lit_mae.cli.checkpoint_rule. tests/test_cli.py checks the name still exists.
+        # rule and why: lit_mae.cli.checkpoint_rule. tests/test_cli_checkpoint_rule.py checks the name
+        # still exists.
         subcommand = self.config.get("subcommand")
         if not subcommand or self.config[subcommand].get("model") is None:
             return
