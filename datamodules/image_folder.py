@@ -24,11 +24,10 @@ LabelSource = Literal["folders", "none"]
 
 def find_images(root: Path) -> list[Path]:
     """Every image file under `root`, recursively, in a stable sorted order, skipping hidden files
-    and folders. Links to folders are followed, but each real folder is visited once and each
-    real file listed once (a link loop such as `loop -> .` is named in a warning and not walked
-    again), so the walk takes time linear in the real files."""
+    and folders. Links to folders are followed, but each real folder is walked once (a link loop
+    such as `loop -> .`, or a second link to a folder, is named in a warning and not walked
+    again), so the walk takes time linear in the real files and lists each of their files once."""
     found: list[Path] = []
-    seen_files: set[Path] = set()
     seen_dirs: set[tuple[int, int]] = set()
     loops: list[str] = []
     for directory, subdirectories, files in os.walk(root, followlinks=True):
@@ -39,13 +38,8 @@ def find_images(root: Path) -> list[Path]:
             continue
         seen_dirs.add((here.st_dev, here.st_ino))
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))  # no .thumbnails etc.
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):  # nor macOS ._ files
-                path = Path(directory, name)
-                real = path.resolve()
-                if real not in seen_files:
-                    seen_files.add(real)
-                    found.append(path)
+        found += [Path(directory, name) for name in sorted(files)
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]  # nor macOS ._ files
     if loops:
         warnings.warn(f"{root}: {len(loops)} linked folder(s) lead back to folders already listed (a link loop or "
                       f"a second link to one folder), each listed once: {loops[:3]}", stacklevel=2)

@@ -11,14 +11,18 @@ the main process or in any worker.
 `ResumableDataLoader` is a DataLoader that Lightning checkpoints (`state_dict` /
 `load_state_dict`): a run resumed from a mid-epoch checkpoint continues that epoch at the next
 unseen batch (the skipped batches' indices are drawn, their samples are not read), and one
-resumed from an end-of-epoch checkpoint starts the next epoch.
+resumed from an end-of-epoch checkpoint starts the next epoch. `ResumableTrainData` (a
+DataModule mixin) saves its position as the fit loop sees it (`fit_position`: the epoch's length
+after `limit_train_batches`, whether the epoch was over), so that the resumed loader continues
+the epoch exactly where Lightning does (`resumed_position`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
-from typing import Any, Iterator, Sized
+from typing import Any, Iterator, NamedTuple, Sized
 
 import numpy as np
 import torch
@@ -142,27 +146,56 @@ def _epoch_of(loader: DataLoader) -> int | None:
     return epochs[0] if epochs else None
 
 
+class _Pass(NamedTuple):
+    """Where the next pass of a `ResumableDataLoader` starts: a loaded position."""
+
+    epoch: int | None  # its epoch (None: the sampler's)
+    skip: int  # batches of that epoch already trained on
+    stop: int | None  # batches after which it ends (the epoch's length as the fit loop ran it)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the epoch is saved in Lightning checkpoints.
 
-    `state_dict()` is {"epoch": the sampler's epoch (None without `set_epoch`), "batches": batches
-    handed out in the current pass, "length": batches per pass}. `load_state_dict` (or the
-    `resume_from` argument) sets the sampler to that epoch and makes the next pass skip the
-    batches already trained on; a state with the whole pass done moves to the next epoch
-    instead. The iterator (and with it the sampler's order and any worker) starts at the first
-    `next`, after Lightning's `set_epoch`.
+    `state_dict()` is {"epoch": the epoch of the current pass (the sampler's, None without
+    `set_epoch`), "batches": batches handed out in it, "length": batches per pass}.
+    `load_state_dict` (or the `resume_from` argument) makes the next pass continue that epoch
+    after the batches already trained on, and end after "length" batches (a `fit_position` gives
+    the epoch's length after `limit_train_batches`); a finished position starts the next epoch
+    instead: one whose state says "finished", or with `batches >= length`. The iterator (and
+    with it the sampler's order and any worker) starts at the first `next`, after Lightning's
+    `set_epoch`.
+
+    A loader built with `resume_from` keeps that position until its first pass: Lightning's own
+    copy of the loader's state, which it loads after building the loader when it restarts an
+    epoch, is from the same checkpoint but knows neither the epoch's length after the limits nor
+    whether the epoch was over (`ResumableTrainData` saves both).
+
+    The resumed pass ends after "length" batches even where Lightning counts it as a whole new
+    epoch: resumed from a step checkpoint saved at an epoch's last batch, Lightning 2.6 does not
+    count the next epoch as started, so that a checkpoint saved inside it looks like one saved
+    between epochs, and a run resumed from there starts that epoch's batch count afresh.
+
+    Epoch numbers: a resumed pass has its position's epoch, whatever `set_epoch` said. Lightning
+    2.6 sets the sampler's epoch from its count of processed epochs, which runs one ahead of
+    `current_epoch` after it resumes an epoch that `max_steps` ended; the difference found at the
+    resumed pass is taken off the epochs `set_epoch` gives later, so that every pass has the
+    epoch an uninterrupted run gives it.
     """
 
     def __init__(self, *args: Any, resume_from: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batches_done = 0  # batches handed out in the current pass
-        self._resume_at = 0  # batches the next pass skips (set by `load_state_dict`)
+        self._pending: _Pass | None = None  # a loaded position, for the next pass
         self._skipping = 0  # the skip, while the next pass's iterator is being made
-        self._pass_epoch: int | None = None  # the sampler's epoch when the current pass began
+        self._pass_epoch: int | None = None  # the epoch of the current pass
+        self._epoch_shift = 0  # added to the epochs `set_epoch` gives (see the class docstring)
+        self._epoch_given: int | None = None  # the epoch this loader last gave its samplers
         # an argument, so that it survives Lightning re-creating the loader with a distributed sampler
         self.resume_from = resume_from
+        self._keep_position = resume_from is not None
         if resume_from is not None:
-            self.load_state_dict(resume_from)
+            self._load(resume_from)
 
     @property
     def _index_sampler(self) -> Any:
@@ -171,31 +204,95 @@ class ResumableDataLoader(DataLoader):
         batches = super()._index_sampler
         return _SkipFirst(batches, self._skipping) if self._skipping else batches
 
+    def _set_epoch(self, epoch: int) -> None:
+        for sampler in _samplers(self):
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+        self._epoch_given = epoch
+
+    def _start_pass(self) -> _Pass:
+        """The pass that starts now (the samplers set to its epoch)."""
+        told = _epoch_of(self)  # Lightning's set_epoch at the epoch start, or this loader's own
+        if self._pending is not None:
+            start, self._pending, self._keep_position = self._pending, None, False
+            epoch = told if start.epoch is None else start.epoch
+            self._epoch_shift = epoch - told if epoch is not None and told is not None else 0
+        else:
+            start = _Pass(None, 0, None)
+            # a new epoch from set_epoch, or none since this loader's last pass
+            epoch = told + self._epoch_shift if told is not None and told != self._epoch_given else told
+        if epoch is not None and epoch != told:
+            self._set_epoch(epoch)
+        self._epoch_given = epoch
+        return start._replace(epoch=epoch)
+
     def __iter__(self) -> Iterator:
-        skip, self._resume_at = self._resume_at, 0
-        self._skipping = skip
+        start = self._start_pass()
+        self._skipping = start.skip
         try:
             iterator = super().__iter__()
         finally:
             self._skipping = 0
-        self._batches_done, self._pass_epoch = skip, _epoch_of(self)
+        self._batches_done, self._pass_epoch = start.skip, start.epoch
         for batch in iterator:
             self._batches_done += 1
             yield batch
+            if start.stop is not None and self._batches_done >= start.stop:
+                return
 
     def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None:  # a loaded position whose pass has not started
+            epoch, batches, stop = self._pending
+            return {"epoch": epoch, "batches": batches, "length": len(self) if stop is None else stop}
         epoch = self._pass_epoch if self._pass_epoch is not None else _epoch_of(self)
         return {"epoch": epoch, "batches": self._batches_done, "length": len(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, batches = state.get("epoch"), int(state.get("batches", 0))
-        finished = batches >= state.get("length", len(self))
-        if epoch is not None:
-            for sampler in _samplers(self):
-                if callable(getattr(sampler, "set_epoch", None)):
-                    sampler.set_epoch(epoch + 1 if finished else epoch)
-        self._resume_at = self._batches_done = 0 if finished else batches
-        self._pass_epoch = None
+        if self._keep_position:  # Lightning's copy of the position given as `resume_from`
+            return
+        self._load(state)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        epoch, batches, length = state.get("epoch"), int(state.get("batches", 0)), state.get("length")
+        if state.get("finished") or batches >= (len(self) if length is None else length):
+            self._pending = _Pass(None if epoch is None else epoch + 1, 0, None)
+        else:
+            self._pending = _Pass(epoch, batches, None if length is None or length >= len(self) else int(length))
+        self._batches_done, self._pass_epoch = self._pending.skip, None
+        if self._pending.epoch is not None:
+            self._set_epoch(self._pending.epoch)
+
+
+def fit_position(trainer: Any, loader: ResumableDataLoader) -> dict[str, Any]:
+    """`loader`'s position as the fit loop of `trainer` (a Lightning Trainer) sees it.
+
+    {"epoch", "batches", "length", "epoch_over"}: "length" is the epoch as the fit loop runs it
+    (`trainer.num_training_batches`, after `limit_train_batches`), and "epoch_over" says that the
+    checkpoint is saved at the epoch's end (in `on_train_epoch_end`, after the epoch's batches, or
+    after `max_steps` or a stop request ended it early)."""
+    position = loader.state_dict()
+    batches = getattr(trainer, "num_training_batches", float("inf"))
+    if isinstance(batches, (int, float)) and math.isfinite(batches):
+        position["length"] = min(position["length"], int(batches))
+    progress = trainer.fit_loop.epoch_progress.current
+    # Lightning counts an epoch processed before `on_train_epoch_end` and completed after it
+    position["epoch_over"] = progress.ready == progress.started == progress.processed == progress.completed + 1
+    return position
+
+
+def resumed_position(position: dict[str, Any], max_steps: int = -1) -> dict[str, Any]:
+    """A `fit_position` as the next training loader takes it (with "finished" set), in a fit with
+    `max_steps` (-1: none).
+
+    Lightning 2.6 continues an epoch while batches of it are left (`batches < length`), except
+    from a checkpoint saved at the epoch's end ("epoch_over": `max_steps` or a stop ended the
+    epoch early): it then starts the next epoch, unless the resumed fit has `max_steps` (an
+    iteration-based fit continues the epoch)."""
+    batches, length = int(position.get("batches", 0)), position.get("length")
+    finished = length is not None and batches >= length
+    if max_steps == -1:
+        finished = finished or bool(position.get("epoch_over", False))
+    return {**position, "finished": finished}
 
 
 class ResumableTrainData:
@@ -206,7 +303,10 @@ class ResumableTrainData:
     Lightning restores a stateful loader only if it builds the loader after restoring its loops,
     but `trainer.estimated_stepping_batches` or any schedule computed in `configure_optimizers`
     builds it before: the loader's own state would then be ignored and the epoch would restart at
-    its first batch. The DataModule state is restored before `configure_optimizers`.
+    its first batch. The DataModule state is restored before `configure_optimizers`. It is also
+    where the fit loop's view of the epoch is saved (`fit_position`): with `limit_train_batches`
+    an epoch ends before the loader's last batch, and whether the resumed run continues the epoch
+    or starts the next one follows Lightning's own rules (`resumed_position`).
     """
 
     _train_position: dict[str, Any] | None = None
@@ -214,10 +314,12 @@ class ResumableTrainData:
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "trainer", None)
         loader = trainer.train_dataloader if trainer is not None else None
-        return {"train_loader": loader.state_dict()} if isinstance(loader, ResumableDataLoader) else {}
+        return {"train_loader": fit_position(trainer, loader)} if isinstance(loader, ResumableDataLoader) else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._train_position = state.get("train_loader")
+        position = state.get("train_loader")
+        max_steps = getattr(getattr(self, "trainer", None), "max_steps", -1)
+        self._train_position = None if position is None else resumed_position(position, max_steps)
 
     def resume_position(self) -> dict[str, Any] | None:
         """The training loader's position restored from a checkpoint, once (later loaders start afresh)."""

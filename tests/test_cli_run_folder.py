@@ -110,3 +110,18 @@ def test_resuming_from_a_backup_copy_never_leaves_last_ckpt_dangling(lit_mae_mai
         steps[epochs] = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     assert steps == {3: 6, 2: 4}  # last.ckpt is the resumed run's newest (2 steps an epoch)
     assert (run / "checkpoints/epoch002.ckpt").is_file()  # what last.ckpt named before the backup resume
+
+
+def test_validate_with_ckpt_path_last_evaluates_the_runs_last_checkpoint(lit_mae_main, fitted):
+    """The evaluation writes into its own folder, but `last` is the training run's last.ckpt (it
+    was looked for in the evaluation's folder, found nothing, and validated untrained weights)."""
+    run = fitted / "runs/pretrain"
+
+    def val_loss(*ckpt: str) -> str:
+        code, out, err = lit_mae_main(fitted, ["validate", "--config", str(run / "config.yaml"), *ckpt])
+        assert code == 0, err[-3000:]
+        return next(line.split()[-1] for line in out.splitlines() if "val/loss" in line)
+
+    trained = val_loss("--ckpt_path", str(run / "checkpoints/last.ckpt"))
+    assert val_loss("--ckpt_path", "last") == trained
+    assert val_loss() != trained  # without a checkpoint: the fresh weights, a control

@@ -152,11 +152,11 @@ def test_classifiers_share_the_guard(tiny_config, make_trainer, system_class, po
 class PoisonedOnRankZero(LitMAE):
     """NaN images on rank 0 only: rank 1's loss is finite, yet it must skip too."""
 
-    def _forward(self, batch, stream, step):
+    def _forward(self, batch, stream, step, micro=0):
         images = batch[0].clone()
         if self.global_rank == 0 and stream == "train":
             images[0] = float("nan")
-        return super()._forward((images, batch[1]), stream, step)
+        return super()._forward((images, batch[1]), stream, step, micro)
 
 
 class LeaveGlooTogether(Callback):

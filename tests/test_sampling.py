@@ -1,12 +1,13 @@
 """lit_mae/datamodules/sampling.py, the pieces that make a resumed run exact (test_resume.py): the
-epoch order as a function of (seed, epoch), also sharded under DDP; the resumable loader's state;
-augmentation seeded by (seed, epoch, index) in any process; and `SeededSamples.__getitems__` (the
+epoch order as a function of (seed, epoch), also sharded under DDP; the resumable loader's state,
+the position a checkpoint saves for it and what a resumed fit makes of it; augmentation seeded by (seed, epoch, index) in any process; and `SeededSamples.__getitems__` (the
 DataLoader's batched read) against one `__getitem__` per key."""
 
 from __future__ import annotations
 
 import itertools
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lit_mae.datamodules import DigitsDataModule, SyntheticDataModule
-from lit_mae.datamodules.sampling import EpochSampler, ResumableDataLoader, SeededSamples, train_loader
+from lit_mae.datamodules.sampling import (
+    EpochSampler, ResumableDataLoader, ResumableTrainData, SeededSamples, fit_position, resumed_position, train_loader,
+)
 
 
 # --- the epoch order, the loader's state, seeded augmentation ----------------------------------------
@@ -75,6 +78,103 @@ def test_a_loaded_state_continues_the_epoch_without_reading_the_skipped_samples(
     following = loader()
     following.load_state_dict(resumed.state_dict())  # a finished epoch: the next one, from its start
     assert following.sampler.epoch == 3 and len(list(following)) == 7
+
+
+def numbers_loader(resume_from=None) -> ResumableDataLoader:
+    """20 numbers in batches of 2: 10 batches an epoch."""
+    return train_loader(TensorDataset(torch.arange(20)), batch_size=2, seed=5, random_samples=False,
+                        resume_from=resume_from)
+
+
+def epoch_batches(epoch: int) -> list[list[int]]:
+    loader = numbers_loader()
+    loader.sampler.set_epoch(epoch)
+    return [batch[0].tolist() for batch in loader]
+
+
+def test_a_position_shorter_than_the_loader_ends_the_resumed_pass_there():
+    """With `limit_train_batches` the fit loop's epoch is "length" batches: the resumed pass ends
+    there (also where Lightning counts it as a new epoch), and the next pass is whole again."""
+    loader = numbers_loader({"epoch": 3, "batches": 2, "length": 6})
+    assert loader.state_dict() == {"epoch": 3, "batches": 2, "length": 6}  # before the pass, as loaded
+    loader.sampler.set_epoch(3)
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(3)[2:6]
+    assert loader.state_dict() == {"epoch": 3, "batches": 6, "length": 10}
+    loader.sampler.set_epoch(4)
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(4)
+
+
+@pytest.mark.parametrize("state, epoch, skipped", [
+    ({"epoch": 3, "batches": 6, "length": 6}, 4, 0),  # the limited epoch was whole
+    ({"epoch": 3, "batches": 2, "length": 6, "finished": True}, 4, 0),  # over early (a stop, max_steps)
+    ({"epoch": 3, "batches": 10, "length": 6, "finished": False}, 4, 0),  # nothing left of the epoch
+    ({"epoch": 3, "batches": 2, "length": 6, "finished": False}, 3, 2),
+], ids=["whole", "finished", "batches-beyond-length", "unfinished"])
+def test_a_finished_position_starts_the_next_epoch(state, epoch, skipped):
+    loader = numbers_loader()
+    loader.load_state_dict(state)
+    if skipped:
+        assert [batch[0].tolist() for batch in loader] == epoch_batches(epoch)[skipped:6]
+    else:
+        assert loader.sampler.epoch == epoch and [batch[0].tolist() for batch in loader] == epoch_batches(epoch)
+
+
+def test_a_position_given_at_construction_outranks_lightnings_later_copy():
+    """Lightning loads its own copy of the loader's state (full length, no fit-loop view) after
+    building the loader from the DataModule's position: the DataModule's, which knows the limits, stays."""
+    loader = numbers_loader({"epoch": 3, "batches": 6, "length": 6})
+    loader.load_state_dict({"epoch": 3, "batches": 6, "length": 10})  # Lightning's copy: unfinished
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(4)
+    loader.load_state_dict({"epoch": 7, "batches": 1, "length": 10})  # after the first pass: loaded
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(7)[1:]
+
+
+def test_a_resumed_pass_keeps_its_epoch_and_later_set_epochs_follow_it():
+    """Lightning 2.6, resuming an epoch that max_steps ended, sets the sampler's epoch one ahead
+    (its processed-epoch count) and stays one ahead: the loader keeps the position's epoch and
+    takes the difference off the later ones."""
+    loader = numbers_loader({"epoch": 1, "batches": 3, "length": 10})
+    loader.sampler.set_epoch(2)  # Lightning, one ahead
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(1)[3:]
+    assert loader.state_dict()["epoch"] == 1
+    loader.sampler.set_epoch(3)
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(2)
+    assert loader.state_dict() == {"epoch": 2, "batches": 10, "length": 10}
+    # a pass without set_epoch in between repeats the epoch, as a plain DataLoader's would
+    assert [batch[0].tolist() for batch in loader] == epoch_batches(2)
+
+
+def fake_trainer(batches: float, ready: int, started: int, processed: int, completed: int, max_steps: int = -1):
+    current = SimpleNamespace(ready=ready, started=started, processed=processed, completed=completed)
+    return SimpleNamespace(num_training_batches=batches, max_steps=max_steps,
+                           fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(current=current)))
+
+
+def test_the_saved_position_has_the_fit_loops_epoch_length_and_whether_the_epoch_was_over():
+    loader = numbers_loader()
+    loader.sampler.set_epoch(1)
+    for _ in itertools.islice(loader, 6):
+        pass
+    # in on_train_epoch_end of epoch 1 (processed counted, completed not yet), epochs limited to 6 batches
+    assert fit_position(fake_trainer(6, 2, 2, 2, 1), loader) == {"epoch": 1, "batches": 6, "length": 6, "epoch_over": True}
+    # a step checkpoint inside the epoch; the loader's own length where the fit loop has none
+    assert fit_position(fake_trainer(float("inf"), 2, 2, 1, 1), loader) == {
+        "epoch": 1, "batches": 6, "length": 10, "epoch_over": False}
+
+
+@pytest.mark.parametrize("batches, over, max_steps, finished", [
+    (6, False, -1, True), (6, True, 20, True),  # the epoch's batches all trained
+    (3, False, -1, False), (3, False, 20, False),  # inside the epoch: continued
+    (3, True, -1, True),  # ended early (a stop, max_steps): Lightning starts the next epoch
+    (3, True, 20, False),  # ... but an iteration-based fit (max_steps) continues it
+])
+def test_a_resumed_fit_continues_the_epoch_where_lightning_does(batches, over, max_steps, finished):
+    position = {"epoch": 1, "batches": batches, "length": 6, "epoch_over": over}
+    assert resumed_position(position, max_steps)["finished"] is finished
+    data = ResumableTrainData()
+    data.trainer = fake_trainer(6, 2, 2, 2, 1, max_steps)
+    data.load_state_dict({"train_loader": position})
+    assert data.resume_position()["finished"] is finished and data.resume_position() is None  # once
 
 
 def first_batches(data, epoch: int) -> list[torch.Tensor]:

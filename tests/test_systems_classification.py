@@ -219,3 +219,12 @@ def test_training_loss_is_timms_soft_target_cross_entropy(make_trainer):
         assert targets.shape == logits.shape == (4, K)
         assert not torch.allclose(targets, smoothed_one_hot(targets.argmax(-1), 0.1))  # really mixed
         torch.testing.assert_close(loss, SoftTargetCrossEntropy()(logits, targets))
+
+
+def test_fine_tuning_with_a_datamodule_seed_other_than_its_mix_seed(make_trainer):
+    """Lightning merges the module's and the DataModule's hyper-parameters and refuses one name
+    with two values: the fine-tune's seed is `mix_seed`, beside every DataModule's `seed`."""
+    tune = LitFineTune(pretrained=None, config=MAEConfig(**tiny_config_values()), num_classes=10, lr=1e-3,
+                       mix_seed=3)
+    make_trainer(max_steps=1, logger=True).fit(tune, DigitsDataModule(image_size=16, batch_size=8, seed=1))
+    assert tune.trainer.global_step == 1 and tune.hparams["mix_seed"] == 3

@@ -343,3 +343,22 @@ def test_endless_training_has_no_schedule_length(tiny_config, make_trainer):
     system = LitMAE(config=tiny_config, lr=1e-3)
     with pytest.raises(ValueError, match="max_epochs or trainer.max_steps"):
         make_trainer(max_epochs=-1, max_steps=-1).fit(system, ImageDataModule(n=16, batch_size=4))
+
+
+def test_each_batch_of_an_accumulation_window_gets_its_own_masks_and_drop_path(tiny_config, make_trainer):
+    """The global step stays the same across an accumulation window: seeded by it alone, every
+    micro-batch of the window drew the same mask pattern (and the same drop-path draws)."""
+    system = LitMAE(config=tiny_config.replace(drop_path_rate=0.5), lr=1e-3, warmup_epochs=0)
+    noises, forward = [], system._steps
+
+    def recording(images, noise):
+        noises.append(noise.clone())
+        return forward(images, noise=noise)
+
+    system._steps = recording
+    make_trainer(max_steps=2, accumulate_grad_batches=2).fit(system, ImageDataModule(n=16, batch_size=4))
+    assert len(noises) == 4  # 2 optimizer steps x 2 micro-batches
+    orders = [noise.argsort(dim=1) for noise in noises]
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[2], orders[3])
+    # the first batch of a window draws what a run without accumulation draws at that step
+    assert torch.equal(noises[0], torch.rand(4, 16, generator=step_generator(0, 0, 0, "train")))

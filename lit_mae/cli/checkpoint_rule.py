@@ -14,14 +14,16 @@ without a word. The rule here, the same for `fit`, `validate`, `test` and `predi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
+from lit_mae.callbacks.checkpoint_io import is_local
 from lit_mae.interop.checkpoint import (
     config_from_hparams, describe_conflicts, read_lightning_checkpoint, weight_conflicts,
 )
 from lit_mae.models import resolve_config
 
-NAMED_CHECKPOINTS = ("last", "best", "hpc")  # resolved by the Trainer, after the model is built
+NAMED_CHECKPOINTS = ("last", "best", "hpc", "registry")  # resolved by the Trainer, after the model is built
 
 
 def _plain(value: Any) -> Any:
@@ -32,13 +34,12 @@ def _plain(value: Any) -> Any:
 def model_settings(init_args: Mapping[str, Any], ckpt_path: str) -> dict[str, Any]:
     """The model settings that `ckpt_path` changes under the rule ({} for none).
 
-    `init_args`: the model's settings as parsed (LitMAE, LitLinearProbe or LitFineTune; other
-    modules are left alone). Raises ValueError naming the file and the differing fields."""
-    if not ckpt_path or ckpt_path in NAMED_CHECKPOINTS or "://" in str(ckpt_path):
+    `init_args`: the settings of a LitMAE, LitLinearProbe or LitFineTune, as parsed. Named
+    checkpoints (`last`, `best`), remote paths and folders (FSDP's sharded checkpoints) are left
+    to the Trainer. Raises ValueError naming the file and the differing fields."""
+    if not ckpt_path or str(ckpt_path).split(":")[0] in NAMED_CHECKPOINTS or not is_local(ckpt_path) or Path(ckpt_path).is_dir():
         return {}
     init_args = dict(_plain(init_args))
-    if not {"config", "pretrained"} <= init_args.keys():
-        return {}  # not one of lit-mae's systems
     checkpoint = read_lightning_checkpoint(ckpt_path)
     written = config_from_hparams(checkpoint.get("hyper_parameters") or {}, str(ckpt_path))
     if written is None:

@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclasses for short names)
 import lit_mae.systems  # noqa: F401  (likewise the LightningModules)
 from lit_mae.cli.checkpoint_rule import model_settings
+from lit_mae.systems.base import LitSystem
 from lit_mae.cli.run_folder import check_fresh_fit, check_writable, evaluation_beside_training
 
 class UnknownKey(NamedTuple):
@@ -65,6 +66,16 @@ def _group_names(parsers: list[LightningArgumentParser], group: str) -> list[str
     keys = [key.removeprefix(prefix) for parser in parsers for key in parser.get_defaults().keys()
             if key.startswith(prefix)]
     return sorted({key.split(".")[0] for key in keys})
+
+
+def _is_lit_system(class_path: object) -> bool:
+    """Whether a model's class path names one of lit-mae's systems (LitMAE, LitLinearProbe, LitFineTune)."""
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, LitSystem)
 
 
 def _hint(wrong: str, valid: list[str], where: str) -> str:
@@ -123,6 +134,9 @@ class LitMAECLI(LightningCLI):
         if not subcommand or self.config[subcommand].get("model") is None:
             return
         model = self.config[subcommand]["model"]
+        if not _is_lit_system(model.get("class_path")):  # another LightningModule: Lightning's way
+            super()._parse_ckpt_path()
+            return
         changes = model_settings(model.get("init_args") or {}, self.config[subcommand].get("ckpt_path"))
         if changes:
             update = {subcommand: {"model": {"class_path": model["class_path"], "init_args": changes}}}

@@ -12,18 +12,43 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lit_mae.callbacks.checkpoint_io import is_local
+
+FOLDER_LOGGERS = (TensorBoardLogger, CSVLogger)
 
 
-def _loggers(trainer_config: Any) -> list[Any]:
-    """The logger entries of a parsed trainer config that take a `version` (TensorBoard, CSV)."""
-    logger = trainer_config.get("logger")
-    entries = logger if isinstance(logger, list) else [logger]
-    return [entry for entry in entries if hasattr(entry, "get") and "version" in (entry.get("init_args") or {})]
+def _class_of(entry: Any) -> type | None:
+    """The class a parsed `class_path` entry names, or None."""
+    class_path = entry.get("class_path") if hasattr(entry, "get") else None
+    if not isinstance(class_path, str):
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _entries(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _folder_loggers(trainer_config: Any) -> list[Any]:
+    """The logger entries whose (save_dir, name, version) is the run's folder: TensorBoard and CSV
+    loggers with a fixed version (an automatic one gives every run a new folder anyway)."""
+    return [entry for entry in _entries(trainer_config.get("logger"))
+            if isinstance(_class_of(entry), type) and issubclass(_class_of(entry), FOLDER_LOGGERS)
+            and isinstance((entry.get("init_args") or {}).get("version"), str)]
 
 
 def _first_free(folder: Path, prefix: str) -> str:
@@ -34,34 +59,67 @@ def _first_free(folder: Path, prefix: str) -> str:
 
 
 def evaluation_beside_training(trainer_config: Any, subcommand: str) -> None:
-    """Point the parsed trainer config of `validate`/`test`/`predict` at `<run>/<subcommand>_<n>`."""
-    loggers = _loggers(trainer_config)
+    """Point the parsed trainer config of `validate`/`test`/`predict` at `<run>/<subcommand>_<n>`
+    for its logs and `config.yaml`; its checkpoint callbacks keep the run's `checkpoints/` folder,
+    where `--ckpt_path last` looks. Other loggers (and remote folders) are left as they are."""
+    loggers = _folder_loggers(trainer_config)
+    if loggers:
+        args = loggers[0]["init_args"]
+        root = str(args.get("save_dir") or trainer_config.get("default_root_dir") or ".")
+        parts = [str(args.get("name") or ""), args["version"]]
+    elif trainer_config.get("logger") is False:  # config.yaml would land in default_root_dir itself
+        root, parts = str(trainer_config.get("default_root_dir") or "."), []
+    else:
+        return
+    if not is_local(root):
+        return
+    run = Path(root, *parts)
+    for entry in _entries(trainer_config.get("callbacks")):
+        cls = _class_of(entry)
+        if isinstance(cls, type) and issubclass(cls, ModelCheckpoint) and not entry["init_args"].get("dirpath"):
+            entry["init_args"]["dirpath"] = str(run / "checkpoints")
+    folder = _first_free(run, subcommand)
     for entry in loggers:
-        args = entry["init_args"]
-        version = args.get("version")
-        run = Path(args.get("save_dir") or trainer_config.get("default_root_dir") or ".") / str(args.get("name") or "")
-        run = run / (version if isinstance(version, str) else "")
-        args["version"] = str(Path(version if isinstance(version, str) else "") / _first_free(run, subcommand))
-    if trainer_config.get("logger") is False:  # config.yaml would land in default_root_dir itself
-        root = Path(trainer_config.get("default_root_dir") or ".")
-        trainer_config["default_root_dir"] = str(root / _first_free(root, subcommand))
+        entry["init_args"]["version"] = str(Path(entry["init_args"]["version"]) / folder)
+    if trainer_config.get("logger") is False:
+        trainer_config["default_root_dir"] = str(run / folder)
 
 
-def _checkpoint_folders(trainer: Trainer) -> list[Path]:
-    """Where the checkpoint callbacks will write (their `dirpath`, else `<log_dir>/checkpoints`)."""
-    log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    return [Path(callback.dirpath) if callback.dirpath else log_dir / "checkpoints"
-            for callback in trainer.checkpoint_callbacks]
+def _checkpoint_folders(trainer: Trainer) -> list[str]:
+    """Where the checkpoint callbacks will write: their `dirpath`, else Lightning's default,
+    `<save_dir>/<name>/<version>/checkpoints` of the first logger (`<default_root_dir>/checkpoints`
+    without one)."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        default = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version, "checkpoints")
+    else:
+        default = os.path.join(trainer.default_root_dir, "checkpoints")
+    return [str(callback.dirpath or default) for callback in trainer.checkpoint_callbacks]  # remote ones keep "://"
+
+
+def _run_folder(trainer: Trainer) -> Path | None:
+    """The run's own local folder (its logs and `config.yaml`), or None: a logger that shares its
+    folder between runs (MLflow, W&B) or a remote one."""
+    if any(not isinstance(logger, FOLDER_LOGGERS) for logger in trainer.loggers):
+        return None
+    folder = trainer.log_dir or trainer.default_root_dir
+    return Path(folder) if is_local(folder) else None
 
 
 def check_fresh_fit(trainer: Trainer, ckpt_path: str | None) -> None:
     """A FileExistsError when a fit without `ckpt_path` would write into another run's folder."""
-    if ckpt_path or not trainer.is_global_zero:  # other ranks start after rank 0 has begun writing
+    # rank 0 only: ranks that Lightning's launcher starts later would find rank 0's first files
+    # (under torchrun, the agent stops the others when rank 0 exits)
+    if ckpt_path or not trainer.is_global_zero:
         return
-    run = Path(trainer.log_dir or trainer.default_root_dir)
+    run = _run_folder(trainer)
+    if run is None:
+        return
     found = [str(run / "config.yaml")] if (run / "config.yaml").is_file() else []
     for folder in _checkpoint_folders(trainer):
-        found += sorted(str(path) for path in folder.glob("*.ckpt"))[:2]
+        if is_local(folder):
+            found += sorted(str(path) for path in Path(folder).glob("*.ckpt"))[:2]
     if found:
         raise FileExistsError(
             f"{run} already holds a run ({', '.join(found[:3])}): resume it with --ckpt_path last (or a "
@@ -74,8 +132,8 @@ def check_writable(trainer: Trainer, checkpoints: bool = True) -> None:
     checkpoint folders) that cannot be written; missing ones are made."""
     if not trainer.is_global_zero:
         return
-    folders = [Path(trainer.log_dir or trainer.default_root_dir), *(_checkpoint_folders(trainer) if checkpoints else [])]
-    for folder in dict.fromkeys(folders):
+    folders = [str(trainer.log_dir or trainer.default_root_dir), *(_checkpoint_folders(trainer) if checkpoints else [])]
+    for folder in dict.fromkeys(Path(folder) for folder in folders if is_local(folder)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):

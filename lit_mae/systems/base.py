@@ -75,9 +75,16 @@ def check_numbers(owner: str, positive: Mapping[str, float] | None = None,
                 raise ValueError(f"{owner}.{field} must be a {kind} number, got {value!r}")
 
 
-def step_generator(seed: int, step: int, rank: int, stream: str = "train") -> torch.Generator:
-    """A CPU generator seeded from (seed, step, rank, stream), so masks survive a resume."""
-    return torch.Generator().manual_seed(derive_seed(seed, stream, step, rank))
+def step_seed(seed: int, stream: str, step: int, rank: int, micro: int = 0) -> int:
+    """The seed of one training batch: (seed, stream, optimizer step, rank, and `micro`, the batch's
+    place in a gradient-accumulation window, left out at 0 so that runs without accumulation keep
+    their draws)."""
+    return derive_seed(seed, stream, step, rank, *([micro] if micro else []))
+
+
+def step_generator(seed: int, step: int, rank: int, stream: str = "train", micro: int = 0) -> torch.Generator:
+    """A CPU generator seeded by `step_seed`, so masks survive a resume."""
+    return torch.Generator().manual_seed(step_seed(seed, stream, step, rank, micro))
 
 
 class LitSystem(LightningModule):
@@ -167,15 +174,20 @@ class LitSystem(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- randomness -------------------------------------------------------------------------
+    def micro_batch(self, batch_idx: int) -> int:
+        """The training batch's place in its gradient-accumulation window (0 without accumulation)."""
+        return batch_idx % self.trainer.accumulate_grad_batches
+
     @contextlib.contextmanager
-    def seeded_randomness(self, seed: int, stream: str = "train") -> Iterator[None]:
-        """Inside: torch's (CPU and this device's), NumPy's and Python's global RNGs seeded from
-        (seed, stream, global step, rank), as the masks are; afterwards as they were. What draws from
-        them there (timm's mixup/cutmix, drop path, dropout) is then the same in a resumed run."""
-        devices = [self.device] if self.device.type == "cuda" else []
+    def seeded_randomness(self, seed: int, stream: str, batch_idx: int) -> Iterator[None]:
+        """Inside: torch's (CPU and this device's), NumPy's and Python's global RNGs seeded by
+        `step_seed` (seed, stream, global step, rank, place in the accumulation window); afterwards
+        as they were. What draws from them there (timm's mixup/cutmix, drop path, dropout) is then
+        the same in a resumed run. Give each use its own `stream`, apart from the masks'."""
+        devices = [self.device] if self.device.type != "cpu" else []
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
-            value = derive_seed(seed, stream, self.global_step, self.global_rank)
+            value = step_seed(seed, stream, self.global_step, self.global_rank, self.micro_batch(batch_idx))
             torch.manual_seed(value)
             np.random.seed(value % 2**32)
             random.seed(value)

@@ -185,21 +185,23 @@ class LitFineTune(LitClassifier):
     """The paper's fine-tuning: average pooling + fresh fc_norm (or cls), head std 2e-5, drop path,
     trainable position table, layer-wise lr decay, AdamW, mixup/cutmix and label smoothing.
 
-    Mixup/cutmix and drop path draw from RNGs seeded by (`seed`, global step, rank) at each
-    training step, so a resumed run draws what an uninterrupted one would."""
+    Mixup/cutmix and drop path draw from RNGs seeded by (`mix_seed`, global step, rank, place in
+    the accumulation window) at each training batch, so a resumed run draws what an uninterrupted
+    one would. (Not `seed`: Lightning merges the module's and the DataModule's hyper-parameters
+    and refuses one name with two values.)"""
 
     def __init__(self, pretrained: str | None, num_classes: int | None = None, config: MAEConfig | None = None,
                  img_size: int | None = None, pool: PoolKind = "avg", base_lr: float = 5e-4,
                  lr: float | None = None, weight_decay: float = 0.05, layer_decay: float = 0.75,
                  drop_path_rate: float = 0.1, warmup_epochs: float = 5.0, min_lr: float = 1e-6,
-                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1, seed: int = 0,
+                 mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1, mix_seed: int = 0,
                  on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=False,
                          head_init_std=2e-5, base_lr=base_lr, lr=lr, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate,
                          on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
         self.layer_decay = layer_decay
-        self.mixup, self.cutmix, self.label_smoothing, self.seed = mixup, cutmix, label_smoothing, seed
+        self.mixup, self.cutmix, self.label_smoothing, self.mix_seed = mixup, cutmix, label_smoothing, mix_seed
         self._mixer: Mixup | None = None
         self.save_hyperparameters()
 
@@ -221,7 +223,7 @@ class LitFineTune(LitClassifier):
         return images, F.one_hot(labels, num_classes).float() * (1 - self.label_smoothing) + off
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        with self.seeded_randomness(self.seed):
+        with self.seeded_randomness(self.mix_seed, "train/mix", batch_idx):
             images, targets = self.mix(*self._labelled(batch))
             logits = self.model(images)
         loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()

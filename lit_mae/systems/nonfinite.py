@@ -1,5 +1,5 @@
 """What a message about a NaN or inf training loss says: the inputs, the weights, the gradients,
-and a hint that depends on which of them is off. Used by `LitSystem.guard_loss`."""
+and a hint that depends on which of them is off. Used by `LitSystem.training_loss`."""
 
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ class LitMAE(LitSystem):
             file's (with `overrides`), and an encoder-only file gets a fresh decoder (reported).
         compile: run training/validation steps through `torch.compile(model, fullgraph=True)` (the
             same masks and losses; the first steps pay for compiling).
-        mask_seed: masks (and drop path) come from (mask_seed, global step, rank), so a resumed run
-            draws what an uninterrupted one would.
+        mask_seed: masks (and drop path) come from (mask_seed, global step, rank, place in the
+            accumulation window), so a resumed run draws what an uninterrupted one would.
         on_nonfinite: a NaN or inf training loss stops the run ("raise", naming the step and what
             went into the loss) or skips that update ("skip", counted in `train/skipped_steps`);
             see `lit_mae.systems.base.LitSystem`.
@@ -104,13 +104,13 @@ class LitMAE(LitSystem):
     def forward(self, images: Tensor, **kwargs: Any) -> MAEOutput:
         return self.model(images, **kwargs)
 
-    def _forward(self, batch: object, stream: str, step: int) -> tuple[Tensor, MAEOutput]:
+    def _forward(self, batch: object, stream: str, step: int, micro: int = 0) -> tuple[Tensor, MAEOutput]:
         images = read_batch(batch).images
         patch = self.config.patch_size
         num_patches = (images.shape[-2] // patch) * (images.shape[-1] // patch)  # L
         # drawn outside the model (what it would draw from this generator): compiled graphs take no generator
         noise = torch.rand(images.shape[0], num_patches,
-                           generator=step_generator(self.mask_seed, step, self.global_rank, stream))
+                           generator=step_generator(self.mask_seed, step, self.global_rank, stream, micro))
         return images, self._steps(images, noise=noise)
 
     def _loss(self, batch: object, stream: str, step: int) -> Tensor:
@@ -126,8 +126,8 @@ class LitMAE(LitSystem):
         return parts
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor | None:
-        with self.seeded_randomness(self.mask_seed):  # drop path: the same draws in a resumed run
-            images, output = self._forward(batch, "train", self.global_step)
+        with self.seeded_randomness(self.mask_seed, "train/drop_path", batch_idx):  # the same in a resumed run
+            images, output = self._forward(batch, "train", self.global_step, self.micro_batch(batch_idx))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self.training_loss(output.loss, images, lambda: self.loss_components(images, output))
 
