@@ -1,29 +1,43 @@
 """The command line: `lightning fit --config configs/pretrain.yaml` (also `lit-mae ...` and
-`python -m lit_mae ...`), one LightningCLI, plus lit-mae's own `convert` and `visualize`."""
+`python -m lit_mae ...`): one LightningCLI for fit/validate/test/predict, plus lit-mae's own
+subcommands, listed in `OWN_SUBCOMMANDS`."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from datetime import timedelta
+from typing import NamedTuple
 
 import torch
 
 
+class Subcommand(NamedTuple):
+    module: str  # a module with `main(argv: list[str]) -> None`
+    help: str  # one line for `lit-mae --help`
+
+
+# lit-mae's own subcommands (argparse, each in its module); `lit-mae --help` lists them beside
+# LightningCLI's. A new one is a line here and a module with `main(argv)`.
+OWN_SUBCOMMANDS: dict[str, Subcommand] = {
+    "convert": Subcommand("lit_mae.cli.convert", "Convert MAE weights between formats (lightning, hf, official, timm)."),
+    "visualize": Subcommand("lit_mae.cli.visualize", "Draw a reconstruction grid of image files with a checkpoint."),
+}
+
+# one line each for LightningCLI's subcommands (Lightning's own docstrings are cut mid-sentence)
+LIGHTNING_SUBCOMMANDS: dict[str, str] = {
+    "fit": "Train a model: pretraining, linear probe or fine-tuning (--config configs/...).",
+    "validate": "Run the validation set once through a checkpoint.",
+    "test": "Run the test set once through a checkpoint and print the metrics.",
+    "predict": "Run a DataModule through a checkpoint; --trainer.callbacks+=lit_mae.EmbeddingWriter saves features.",
+}
+
+
 def main(args: list[str] | None = None) -> None:
-    """The console scripts' entry point (returns None: a console script exits with what it returns).
-
-    `convert` (weights between formats) and `visualize` (a reconstruction grid of image files) are
-    lit-mae's own subcommands; the rest is LightningCLI's."""
+    """The console scripts' entry point (returns None: a console script exits with what it returns)."""
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["convert"]:
-        from lit_mae.cli.convert import main as convert_main
-
-        convert_main(argv[1:])
-        return
-    if argv[:1] == ["visualize"]:
-        from lit_mae.cli.visualize import main as visualize_main
-
-        visualize_main(argv[1:])
+    if argv[:1] and argv[0] in OWN_SUBCOMMANDS:
+        importlib.import_module(OWN_SUBCOMMANDS[argv[0]].module).main(argv[1:])
         return
     from lit_mae.cli.errors import exit_on_user_error
     from lit_mae.cli.lightning_cli import run_cli

@@ -125,6 +125,19 @@ class LitMAECLI(LightningCLI):
             main.subcommand_parsers.append(parser)
         return parser
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # LightningCLI 2.6's step of this name; `lit-mae --help` then lists every subcommand with
+        # one line: LightningCLI's (its own lines are docstrings cut mid-sentence) and lit-mae's
+        # own, which `lit_mae.cli.main` runs before this parser sees them (help-only entries here)
+        super()._add_subcommands(parser, **kwargs)
+        from lit_mae.cli import LIGHTNING_SUBCOMMANDS, OWN_SUBCOMMANDS
+
+        subcommands = parser._subcommands_action
+        for action in subcommands._choices_actions:
+            action.help = LIGHTNING_SUBCOMMANDS.get(action.dest, action.help)
+        for name, own in OWN_SUBCOMMANDS.items():
+            subcommands.add_subcommand(name, LightningArgumentParser(description=own.help), help=own.help)
+
     def _parse_ckpt_path(self) -> None:
         # Replaces LightningCLI 2.6's step of this name, which writes the checkpoint's
         # hyper-parameters over the model's settings (no public switch turns it off); the
@@ -177,6 +190,9 @@ def run_cli(args: list[str] | None = None) -> LitMAECLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=LitMAEArgumentParser,
+        parser_kwargs={"description": "lit-mae: MAE pretraining of Vision Transformers, linear probes and "
+                                      "fine-tuning with PyTorch Lightning. Start with: lit-mae fit --config "
+                                      "configs/pretrain.yaml"},
         save_config_kwargs={"overwrite": True},
         args=args,
     )
