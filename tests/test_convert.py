@@ -3,6 +3,7 @@ users run it. `LitMAE(pretrained=...)` from those formats: test_systems_pretrain
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,12 @@ def test_convert_a_lightning_checkpoint_to_every_format_and_back(tmp_path):
         result = convert("src.ckpt", destination, "--to", to, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert destination in result.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    written = [tmp_path / "hf_dir" / "model.safetensors", tmp_path / "hf_dir" / "config.json",
+               *(tmp_path / name for name in targets.values() if name != "hf_dir")]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in written}
+    assert modes == {path.name: oct(0o666 & ~umask) for path in written}  # safetensors alone made 0600 files
     assert_same_state(load_pretrained(tmp_path / "hf_dir"), model)
     assert_same_state(load_pretrained(tmp_path / "official.pth"), model)
     assert_same_state(LitMAE.load_from_checkpoint(tmp_path / "again.ckpt").model, model)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lit_mae.interop.checkpoint import lightning_checkpoint
+from lit_mae.interop.files import save_safetensors
 
 Target = Literal["lightning", "hf", "official", "timm"]
 TARGETS: tuple[str, ...] = ("lightning", "hf", "official", "timm")
@@ -21,9 +22,7 @@ TARGETS: tuple[str, ...] = ("lightning", "hf", "official", "timm")
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        save_safetensors(tensors, path)
     else:
         torch.save(tensors, path)
 

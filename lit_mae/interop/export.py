@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from lit_mae.interop.files import save_safetensors
 from lit_mae.interop.hf import config_to_hf, lit_to_hf
 from lit_mae.models import MaskedAutoencoderViT
 
@@ -34,6 +33,6 @@ def export_hf(model: MaskedAutoencoderViT, directory: str | Path, encoder_only: 
     else:
         state_dict = lit_to_hf(state_dict, prefix="vit.")
     # the metadata transformers' own save_pretrained writes (4.57 also loads files without it)
-    save_file(state_dict, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state_dict, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory

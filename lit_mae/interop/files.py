@@ -8,6 +8,7 @@ only during the read, are what official MAE training checkpoints hold beside the
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
 import zipfile
@@ -17,6 +18,19 @@ from typing import Any
 import torch
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """`safetensors.torch.save_file`, with the permissions any new file of the user gets (the
+    library creates its files 0600, unreadable to the rest of a group sharing weights)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+    return path
 
 
 def _allowed_globals() -> list[Any]:
