@@ -22,6 +22,7 @@ class Subcommand(NamedTuple):
 OWN_SUBCOMMANDS: dict[str, Subcommand] = {
     "convert": Subcommand("lit_mae.cli.convert", "Convert MAE weights between formats (lightning, hf, official, timm)."),
     "visualize": Subcommand("lit_mae.cli.visualize", "Draw a reconstruction grid of image files with a checkpoint."),
+    "prepare": Subcommand("lit_mae.cli.prepare", "Write LitData shards (for StreamingDataModule) from an image folder, CIFAR or the digits."),
 }
 
 # one line each for LightningCLI's subcommands (Lightning's own docstrings are cut mid-sentence)
