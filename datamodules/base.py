@@ -42,9 +42,14 @@ class ImageSamples(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
+    def record(self, index: int) -> tuple[Any, int]:
+        """Sample `index`'s source and label (datasets whose records hold both read them at once)."""
+        return self.sources[index], int(self.labels[index])
+
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        source, label = self.record(index)
         try:
-            return self.load(self.sources[index]), int(self.labels[index])
+            return self.load(source), label
         except UnreadableImageError as error:
             if self.strict:
                 raise
