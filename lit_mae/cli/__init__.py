@@ -22,6 +22,7 @@ class Subcommand(NamedTuple):
 OWN_SUBCOMMANDS: dict[str, Subcommand] = {
     "convert": Subcommand("lit_mae.cli.convert", "Convert MAE weights between formats (lightning, hf, official, timm)."),
     "visualize": Subcommand("lit_mae.cli.visualize", "Draw a reconstruction grid of image files with a checkpoint."),
+    "export-encoder": Subcommand("lit_mae.cli.export_encoder", "Write the encoder (no masking) as ONNX or a torch.export .pt2 file."),
     "prepare": Subcommand("lit_mae.cli.prepare", "Write LitData shards (for StreamingDataModule) from an image folder, CIFAR or the digits."),
 }
 
