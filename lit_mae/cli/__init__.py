@@ -23,6 +23,7 @@ OWN_SUBCOMMANDS: dict[str, Subcommand] = {
     "convert": Subcommand("lit_mae.cli.convert", "Convert MAE weights between formats (lightning, hf, official, timm)."),
     "visualize": Subcommand("lit_mae.cli.visualize", "Draw a reconstruction grid of image files with a checkpoint."),
     "export-encoder": Subcommand("lit_mae.cli.export_encoder", "Write the encoder (no masking) as ONNX or a torch.export .pt2 file."),
+    "embed": Subcommand("lit_mae.cli.embed", "Write one row of features per image (a folder or a DataModule), no masking."),
     "prepare": Subcommand("lit_mae.cli.prepare", "Write LitData shards (for StreamingDataModule) from an image folder, CIFAR or the digits."),
 }
 

@@ -48,7 +48,8 @@ def output_format(path: Path, given: str | None) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="weights: a lit-mae checkpoint, official .pth, Hugging Face directory, timm file")
+    parser.add_argument("source",
+                        help="weights: a lit-mae checkpoint, official .pth, Hugging Face directory, timm file")
     parser.add_argument("output", help="the file to write (.onnx or .pt2)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="default: from the output's suffix")
     parser.add_argument("--head", action="store_true",
