@@ -73,7 +73,7 @@ def test_pretraining_model_matches_transformers(tmp_path, changes, attn):
     lit = perturbed_lit(**changes)
     directory = export_hf(lit, tmp_path / "export")
     assert directory == tmp_path / "export"
-    assert {p.name for p in directory.iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in directory.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     hf, info = ViTMAEForPreTraining.from_pretrained(directory, output_loading_info=True,
                                                     attn_implementation=attn)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys

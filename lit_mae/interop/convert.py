@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lit_mae.interop.checkpoint import lightning_checkpoint
 from lit_mae.interop.files import save_safetensors
+from lit_mae.interop.model_card import training_record
 
 Target = Literal["lightning", "hf", "official", "timm"]
 TARGETS: tuple[str, ...] = ("lightning", "hf", "official", "timm")
@@ -36,7 +37,7 @@ def convert(source: str | Path, destination: str | Path, to: Target, **load_opti
     destination = Path(destination)
     model = load_pretrained(source, **load_options)
     if to == "hf":
-        return export_hf(model, destination)
+        return export_hf(model, destination, checkpoint=training_record(source))
     destination.parent.mkdir(parents=True, exist_ok=True)
     if to == "official":
         export_official(model, destination)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Mapping
 
 from lit_mae.interop.files import save_safetensors
 from lit_mae.interop.hf import config_to_hf, lit_to_hf
+from lit_mae.interop.model_card import model_card
 from lit_mae.models import MaskedAutoencoderViT
 
 
-def export_hf(model: MaskedAutoencoderViT, directory: str | Path, encoder_only: bool = False) -> Path:
-    """Write a Hugging Face ViTMAE directory: `config.json` + `model.safetensors` (4.x names).
+def export_hf(model: MaskedAutoencoderViT, directory: str | Path, encoder_only: bool = False,
+              checkpoint: Mapping[str, Any] | None = None) -> Path:
+    """Write a Hugging Face ViTMAE directory: `config.json` + `model.safetensors` (4.x names) and a
+    model card, `README.md`, to push to the Hub as it is (`lit_mae.interop.model_card`): with
+    `checkpoint`, the lit-mae Lightning checkpoint the weights came from, it gives the training
+    recipe, data and logged probe/kNN numbers too.
 
     By default a `ViTMAEForPreTraining` file (`vit.` prefix, with the decoder), which
     `ViTMAEForPreTraining.from_pretrained(directory)` and `lit_mae.interop.load_pretrained(directory)`
@@ -35,4 +41,5 @@ def export_hf(model: MaskedAutoencoderViT, directory: str | Path, encoder_only: 
     # the metadata transformers' own save_pretrained writes (4.57 also loads files without it)
     save_safetensors(state_dict, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (directory / "README.md").write_text(model_card(model.config, checkpoint, encoder_only))
     return directory
