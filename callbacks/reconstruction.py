@@ -11,8 +11,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from lit_mae.callbacks.monitors import sharded_strategy
+from lit_mae.datamodules.base import declared_statistics
 from lit_mae.datamodules.batch import read_batch
-from lit_mae.visualize import reconstruction_grid, save_png
+from lit_mae.visualize import legible_scale, reconstruction_grid, save_png, titled
 
 
 class ReconstructionGridLogger(Callback):
@@ -20,10 +21,12 @@ class ReconstructionGridLogger(Callback):
     first `num_images` validation images (captured once, so every grid shows the same images and
     masks, drawn from `seed`).
 
-    The grid goes to TensorBoard (`add_image`), to any logger with a `log_image` method (as
-    W&B's), and to `<run directory>/<dirname>/epoch{N:03d}.png` (N the 0-based epoch). Pixels are
-    de-normalised with the DataModule's `mean`/`std`; without them the images are taken to be in
-    [0, 1] (a warning says so). Display only: a logger that takes no images, or any failure, warns
+    The grid (small images enlarged to at least 96 px, a title above each column: `titled`) goes
+    to TensorBoard (`add_image`), to any logger with a `log_image` method (as W&B's), and to
+    `<run directory>/<dirname>/epoch{N:03d}.png` (N the 0-based epoch). Pixels are de-normalised
+    with the DataModule's `mean`/`std` (attributes or hyper-parameters); a DataModule that declares
+    neither gets each channel stretched from its lowest to its highest value over the captured
+    images (a warning says so). Display only: a logger that takes no images, or any failure, warns
     once and never stops training.
 
     Rank 0 only: under DDP the other ranks draw and write nothing (the run directory is resolved
@@ -50,6 +53,10 @@ class ReconstructionGridLogger(Callback):
         # rank here, never from the rank-0-only hooks below, where rank 0 would wait for the others
         self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._sharded_by = sharded_strategy(trainer)
+
+    def folder(self, trainer: Trainer) -> Path:
+        """Where the PNG files go: `<run directory>/<dirname>`."""
+        return (self._run_dir or Path(trainer.default_root_dir)) / self.dirname
 
     # --- capturing the images ----------------------------------------------------------------
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -92,27 +99,31 @@ class ReconstructionGridLogger(Callback):
         tag = "val/reconstructions"
         for logger in trainer.loggers:
             self._send(logger, grid, tag, trainer.global_step)
-        run_dir = self._run_dir or Path(trainer.default_root_dir)
+        folder = self.folder(trainer)
         try:
-            save_png(grid, run_dir / self.dirname / f"epoch{epoch:03d}.png")
+            save_png(grid, folder / f"epoch{epoch:03d}.png")
         except Exception as error:
-            self._warn_once("png", f"ReconstructionGridLogger: could not write the PNG under {run_dir} "
+            self._warn_once("png", f"ReconstructionGridLogger: could not write the PNG under {folder} "
                                    f"({error!r}); training goes on without it")
 
     def _grid(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         images = torch.cat(self._images)  # (B, C, H, W)
-        mean, std = self._statistics(trainer, images.shape[1])
+        mean, std = self._statistics(trainer, images)
         model = getattr(pl_module, "model", pl_module)
-        return reconstruction_grid(model, images, mean, std, self.mask_ratio, self.seed)
+        grid = reconstruction_grid(model, images, mean, std, self.mask_ratio, self.seed)
+        return titled(grid, legible_scale(images.shape[-2]))
 
-    def _statistics(self, trainer: Trainer, channels: int) -> tuple[Sequence[float], Sequence[float]]:
-        datamodule = getattr(trainer, "datamodule", None)
-        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        if mean and std:
-            return tuple(mean), tuple(std)
-        self._warn_once("statistics", "ReconstructionGridLogger: the DataModule has no `mean`/`std`; "
-                                      "assuming the validation images are pixels in [0, 1]")
-        return (0.0,) * channels, (1.0,) * channels
+    def _statistics(self, trainer: Trainer, images: Tensor) -> tuple[Sequence[float], Sequence[float]]:
+        declared = declared_statistics(getattr(trainer, "datamodule", None))
+        if declared is not None and len(declared[0]) == images.shape[1]:
+            return declared
+        self._warn_once("statistics", "ReconstructionGridLogger: the DataModule declares no `mean`/`std` "
+                                      "(attributes or hyper-parameters); each channel of the grid is stretched "
+                                      "from its lowest to its highest value")
+        low = images.amin(dim=(0, 2, 3))  # (C,)
+        span = (images.amax(dim=(0, 2, 3)) - low).clamp_min(1e-12)
+        # pixels = images * std + mean maps low -> 0 and high -> 1
+        return tuple((-low / span).tolist()), tuple((1 / span).tolist())
 
     def _send(self, logger: Any, grid: Tensor, tag: str, step: int) -> None:
         name = type(logger).__name__

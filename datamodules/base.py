@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Sequence
 
 import torch
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -22,8 +23,20 @@ from lit_mae.datamodules.images import UnreadableImageError
 from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
 from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pipeline, resolve_augment
 
+MAX_AUTO_WORKERS = 8  # `num_workers: null` takes at most this many loader processes per device
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def declared_statistics(datamodule: object) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The per-channel (mean, std) a DataModule normalises its images with: its `mean`/`std`
+    attributes, else those of its `hparams`; None when it declares neither (or they are unset)."""
+    for owner in (datamodule, getattr(datamodule, "hparams", None) or {}):
+        get = owner.get if isinstance(owner, dict) else lambda name, owner=owner: getattr(owner, name, None)
+        mean, std = get("mean"), get("std")
+        if mean and std and len(mean) == len(std):
+            return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    return None
 
 
 class ImageSamples(Dataset):
@@ -73,20 +86,21 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
 
     Subclasses fill `self.splits` ("train", "val", "test", optionally "predict") in `setup`.
     `skipped_files` counts the unreadable files dropped so far in this process; each change is
-    logged as `data/skipped_files` to the Trainer's logger.
+    logged as `data/skipped_files` to the Trainer's logger. `num_workers=None` chooses the loader
+    processes from the CPU count (`workers`).
     """
 
     num_classes: int | None = None
     class_names: list[str] = []
     seed: int = 0  # subclasses take it as an argument: the split, the training order and augmentation
 
-    def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int, pin_memory: bool,
+    def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int | None, pin_memory: bool,
                  persistent_workers: bool, augment: AugmentOption | dict, mean: Sequence[float],
                  std: Sequence[float], crop_pct: float, strict: bool) -> None:
         super().__init__()
         name = type(self).__name__
         for field, value, least in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
-                                    ("num_workers", num_workers, 0)):
+                                    ("num_workers", 0 if num_workers is None else num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}.{field} must be an integer >= {least}, got {value!r}")
         if channels not in (1, 3):
@@ -95,8 +109,8 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
             raise ValueError(f"{name}: mean {tuple(mean)} and std {tuple(std)} need {channels} values (channels)")
         self.augment = resolve_augment(augment)
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.num_workers, self.pin_memory = num_workers, pin_memory  # num_workers None: `workers()` decides
+        self.persistent_workers = persistent_workers
         self.mean, self.std, self.crop_pct, self.strict = tuple(mean), tuple(std), crop_pct, strict
         self.splits: dict[str, Dataset] = {}
         self.skipped_files = 0
@@ -114,13 +128,22 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"{type(self).__name__} has no {split!r} split (has {sorted(self.splits)})")
         dataset = self.splits[split]
-        settings = dict(num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-                        persistent_workers=self.persistent_workers, collate_fn=collate_skipping)
+        workers = self.workers()
+        settings = dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                        persistent_workers=self.persistent_workers and workers > 0, collate_fn=collate_skipping)
         if shuffle:
             return train_loader(dataset, self.batch_size, self.seed, random_samples=self.augment is not None,
                                 resume_from=self.resume_position(), drop_last=len(dataset) > self.batch_size,
                                 **settings)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **settings)
+
+    def workers(self) -> int:
+        """Loader worker processes: `num_workers`, or when it is None as many as the CPUs this
+        process may use allow per device (Lightning's rule: CPUs / devices - 1), at most 8."""
+        if self.num_workers is not None:
+            return self.num_workers
+        trainer = getattr(self, "_trainer", None)
+        return min(MAX_AUTO_WORKERS, suggested_max_num_workers(trainer.num_devices if trainer is not None else 1))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -63,7 +63,7 @@ class CIFAR10DataModule(BaseImageDataModule):
 
     def __init__(self, root: str, download: bool = False, val_fraction: float = 0.1, seed: int = 0,
                  image_size: int = 32, channels: int = 3, augment: AugmentOption = "pretrain",
-                 batch_size: int = 256, num_workers: int = 4, pin_memory: bool = True,
+                 batch_size: int = 256, num_workers: int | None = None, pin_memory: bool = True,
                  persistent_workers: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, crop_pct: float = 1.0, strict: bool = False) -> None:
         if mean is None or std is None:

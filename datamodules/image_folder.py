@@ -104,7 +104,7 @@ class ImageFolderDataModule(BaseImageDataModule):
     def __init__(self, root: str, labels: LabelSource = "folders", val_root: str | None = None,
                  test_root: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0,
                  seed: int = 0, image_size: int = 224, channels: int = 3, augment: AugmentOption = "pretrain",
-                 batch_size: int = 64, num_workers: int = 8, pin_memory: bool = True,
+                 batch_size: int = 64, num_workers: int | None = None, pin_memory: bool = True,
                  persistent_workers: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, crop_pct: float = 0.875, strict: bool = False) -> None:
         if channels == 1 and tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:

@@ -1,6 +1,7 @@
 """Reconstruction grids, as in the MAE paper's figures: original | masked | reconstruction | pasted.
 
-`reconstruction_grid` draws one row per image; `save_png` writes it (the command is
+`reconstruction_grid` draws one row per image; `titled` makes it legible (small images enlarged,
+nearest neighbour, and a title above each column); `save_png` writes it (the command is
 `lit-mae visualize`, in `lit_mae.cli.visualize`). Pure torch and PIL.
 """
 
@@ -9,14 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import math
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var, patchify, unpatchify
 
 GREY = 0.5  # removed patches in the masked-input panel
+COLUMN_TITLES = ("original", "masked input", "reconstruction", "+ visible")
+MIN_CELL = 96  # px: `titled` enlarges smaller images to at least this side
 
 
 def _as_pixels(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -102,3 +107,42 @@ def save_png(grid: Tensor, path: str | Path, scale: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return path
+
+
+def legible_scale(size: int, min_cell: int = MIN_CELL) -> int:
+    """The whole factor that brings an image side of `size` px to at least `min_cell` px."""
+    return max(1, math.ceil(min_cell / size))
+
+
+def titled(grid: Tensor, scale: int = 1, titles: Sequence[str] = COLUMN_TITLES, pad: int = 1) -> Tensor:
+    """A grid of `reconstruction_grid` (uint8 (C, H, W), `len(titles)` columns with `pad` between
+    them) enlarged `scale` times (nearest) under a white band with each column's title: uint8
+    (C, band + scale*H, scale*W). The font shrinks until every title fits its column."""
+    C, H, W = grid.shape
+    n = len(titles)
+    cell = (W - (n - 1) * pad) / n * scale  # px, a column's width once enlarged
+    big = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)  # (C, scale*H, scale*W)
+    size = max(8, min(18, round(cell / 7)))
+    font = _font(size)
+    while size > 6 and max(_text_width(font, title) for title in titles) > cell - 2:
+        size -= 1
+        font = _font(size)
+    band = size + 8
+    header = Image.new("L", (W * scale, band), 255)
+    draw = ImageDraw.Draw(header)
+    for column, title in enumerate(titles):
+        centre = (column * (W - (n - 1) * pad) / n + column * pad) * scale + cell / 2
+        draw.text((centre - _text_width(font, title) / 2, 3), title, fill=0, font=font)
+    top = torch.from_numpy(np.array(header)).unsqueeze(0).expand(C, -1, -1)  # (C, band, scale*W)
+    return torch.cat([top, big], dim=1)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's embedded scalable font (needs FreeType)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default()  # the fixed 11 px bitmap font
+
+
+def _text_width(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> float:
+    return float(font.getlength(text))

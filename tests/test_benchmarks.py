@@ -161,3 +161,13 @@ def test_profile_forward_smoke_lists_the_ops_of_both_implementations(tmp_path):
         assert_positive(mine[0], ["calls", "self time ms"])
         shares = [float(row["share %"]) for row in mine[1:]]
         assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
+
+
+def test_presets_smoke_counts_what_transformers_counts(tmp_path):
+    out = run_smoke("presets.py", tmp_path)
+    headers, rows = parse_table(out)
+    assert [row["preset"] for row in rows] == ["tiny", "small"]
+    for row in rows:  # transformers' ViTMAEForPreTraining of the same config: the outside check
+        assert row["total"] == row["transformers total"], row
+        encoder, decoder = (float(row[f"{part} params"].removesuffix(" M")) for part in ("encoder", "decoder"))
+        assert encoder > 0 and 25 < decoder < 27  # the official 512-wide, 8-block decoder

@@ -89,7 +89,7 @@ def _cifar(root: Path, module: type = CIFAR10DataModule, **kwargs) -> CIFAR10Dat
 
 def test_signature_is_the_one_configs_are_written_against():
     expected = dict(root=inspect.Parameter.empty, download=False, val_fraction=0.1, seed=0, image_size=32,
-                    channels=3, augment="pretrain", batch_size=256, num_workers=4, pin_memory=True,
+                    channels=3, augment="pretrain", batch_size=256, num_workers=None, pin_memory=True,
                     persistent_workers=True, mean=None, std=None, crop_pct=1.0, strict=False)
     for module, (mean, std) in ((CIFAR10DataModule, (CIFAR10_MEAN, CIFAR10_STD)),
                                 (CIFAR100DataModule, ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))):

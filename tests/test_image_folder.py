@@ -378,3 +378,17 @@ def test_fit_logs_the_skipped_files(tmp_path: Path, make_trainer):
     logged = [float(row["data/skipped_files"]) for row in rows if row.get("data/skipped_files")]
     assert logged and logged[-1] == len(bads)
     assert logged == sorted(logged)  # a running total
+
+
+def test_num_workers_none_follows_the_cpus(tmp_path, monkeypatch):
+    import lit_mae.datamodules.base as base
+
+    labelled_tree(tmp_path)
+    monkeypatch.setattr(base, "suggested_max_num_workers", lambda devices: 15 // devices)  # 16 CPUs
+    data = ImageFolderDataModule(str(tmp_path), image_size=SIZE, augment=None, val_fraction=0.5, batch_size=2)
+    data.setup("fit")
+    assert data.num_workers is None and data.workers() == base.MAX_AUTO_WORKERS
+    monkeypatch.setattr(base, "suggested_max_num_workers", lambda devices: 1)  # 2 CPUs: no oversubscription
+    loader = data.train_dataloader()
+    assert loader.num_workers == 1 and loader.persistent_workers
+    assert make_dm(tmp_path, augment=None, num_workers=0).train_dataloader().num_workers == 0

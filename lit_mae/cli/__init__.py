@@ -32,7 +32,7 @@ LIGHTNING_SUBCOMMANDS: dict[str, str] = {
     "fit": "Train a model: pretraining, linear probe or fine-tuning (--config configs/...).",
     "validate": "Run the validation set once through a checkpoint.",
     "test": "Run the test set once through a checkpoint and print the metrics.",
-    "predict": "Run a DataModule through a checkpoint; --trainer.callbacks+=lit_mae.EmbeddingWriter saves features.",
+    "predict": "Embed a DataModule's images with a checkpoint: writes predictions.pt into the run's predict_N folder.",
 }
 
 
@@ -44,7 +44,9 @@ def main(args: list[str] | None = None) -> None:
         return
     from lit_mae.cli.errors import exit_on_user_error
     from lit_mae.cli.lightning_cli import run_cli
+    from lit_mae.cli.noise import quiet_known_noise
 
+    quiet_known_noise()
     try:
         run_cli(args)
     except Exception as error:  # a bad value or file: its own message as the last line, exit 2

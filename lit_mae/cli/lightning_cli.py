@@ -7,16 +7,22 @@ import difflib
 import importlib
 import inspect
 import re
+import warnings
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mae.datamodules  # noqa: F401  (registers the DataModules as subclasses for short names)
 import lit_mae.systems  # noqa: F401  (likewise the LightningModules)
+from lit_mae.callbacks.predictions import EmbeddingWriter
 from lit_mae.cli.checkpoint_rule import model_settings
-from lit_mae.systems.base import LitSystem
 from lit_mae.cli.run_folder import check_fresh_fit, check_writable, evaluation_beside_training
+from lit_mae.cli.summary import fit_summary
+from lit_mae.systems.base import LitSystem
+
 
 class UnknownKey(NamedTuple):
     key: str  # the misspelled name
@@ -165,14 +171,37 @@ class LitMAECLI(LightningCLI):
 
     def before_validate(self) -> None:
         check_writable(self.trainer, checkpoints=False)
+        # the checkpoint callbacks point at the run's checkpoints/ (an absolute path now, a relative
+        # one when fit saved its state): Lightning then warns that it will not reload their
+        # top-k bookkeeping, which validate/test/predict never use (they save nothing)
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
 
-    before_test = before_predict = before_validate
+    before_test = before_validate
+
+    def before_predict(self) -> None:
+        self.before_validate()
+        if isinstance(self.model, LitSystem) and not any(isinstance(callback, BasePredictionWriter)
+                                                         for callback in self.trainer.callbacks):
+            # what predict is for with lit-mae's systems: the embeddings, in the run's predict folder
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            self.trainer.callbacks.append(EmbeddingWriter(folder / "predictions.pt"))
+
+    def after_predict(self) -> None:
+        writers = [callback for callback in self.trainer.callbacks if isinstance(callback, EmbeddingWriter)]
+        if self.trainer.is_global_zero:
+            for writer in writers:
+                path = writer.output_path(self.trainer)
+                if path.is_file():
+                    print(f"\nwrote the embeddings to {path} (torch.load(path) gives a dict: embeddings, "
+                          "labels, indices, paths; docs/training.md)", flush=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the best checkpoint (or the final weights) and print the metrics")
 
     def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print("\n" + fit_summary(self.trainer), flush=True)
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         callback = self.trainer.checkpoint_callback

@@ -1,5 +1,8 @@
 """`lit-mae visualize --ckpt CKPT --images a.jpg b.png --out grid.png`: a reconstruction grid
-(original | masked | reconstruction | pasted) of image files, from weights in any format."""
+(original | masked | reconstruction | visible pasted back) of image files, from weights in any
+format. The images are normalised as the weights' training data was: with the mean/std the
+checkpoint records (lit-mae checkpoints, Hugging Face directories with a preprocessor config),
+else ImageNet's (a note says so); --mean/--std override."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from torch import Tensor
 from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD
 from lit_mae.datamodules.images import read_image
 from lit_mae.interop import load_pretrained
-from lit_mae.visualize import reconstruction_grid, save_png
+from lit_mae.interop.normalisation import Statistics, recorded_statistics
+from lit_mae.visualize import legible_scale, reconstruction_grid, save_png, titled
+
 
 def read_images(paths: Sequence[str | Path], size: int, channels: int) -> Tensor:
     """uint8 (B, C, size, size): the centre square of each file, resized (bicubic)."""
@@ -25,21 +30,44 @@ def read_images(paths: Sequence[str | Path], size: int, channels: int) -> Tensor
     return torch.stack([read_image(p, channels, centre_square, (size, size)) for p in paths])
 
 
+def display_statistics(ckpt: str | Path, channels: int, mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None) -> Statistics:
+    """The mean/std to normalise the images with: `mean`/`std` when given, else what the weights
+    record, else ImageNet's (averaged over channels for grey models); a ValueError when none fit
+    `channels`."""
+    if mean is not None and std is not None:
+        found = Statistics(tuple(mean), tuple(std), "--mean/--std")
+    elif mean is not None or std is not None:
+        raise ValueError("give both --mean and --std, or neither")
+    else:
+        found = recorded_statistics(ckpt) or _imagenet(channels)
+    if len(found.mean) != channels or len(found.std) != channels:
+        raise ValueError(f"the model has {channels} channels: mean {found.mean} and std {found.std} "
+                         f"({found.source}) need {channels} values each; give --mean and --std")
+    return found
+
+
+def _imagenet(channels: int) -> Statistics:
+    note = "ImageNet's: the checkpoint does not record how its images were normalised; set --mean/--std if not"
+    if channels == 1:
+        return Statistics((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,), note)
+    return Statistics(IMAGENET_MEAN, IMAGENET_STD, note)
+
+
 def visualize_files(ckpt: str | Path, image_paths: Sequence[str | Path], out: str | Path,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    mask_ratio: float | None = None, seed: int = 0, scale: int = 1) -> Path:
-    """Load weights in any format (`load_pretrained`), draw the grid of the image files, write a PNG.
-
-    `mean`/`std` default to ImageNet's (for 3-channel models)."""
+                    mask_ratio: float | None = None, seed: int = 0, scale: int | None = None) -> tuple[Path, Statistics]:
+    """Load weights in any format (`load_pretrained`), draw the titled grid of the image files
+    (enlarged `scale` times; default: each image to at least 96 px), write a PNG. Returns the
+    PNG's path and the statistics used."""
     model = load_pretrained(ckpt)
-    C = model.config.in_chans
-    mean = tuple(mean) if mean is not None else IMAGENET_MEAN
-    std = tuple(std) if std is not None else IMAGENET_STD
-    if len(mean) != C or len(std) != C:
-        raise ValueError(f"the model has {C} channels: --mean {mean} and --std {std} need {C} values each")
-    pixels = read_images(image_paths, model.config.img_size, C).float() / 255  # (B, C, S, S)
-    images = (pixels - torch.tensor(mean).view(1, C, 1, 1)) / torch.tensor(std).view(1, C, 1, 1)
-    return save_png(reconstruction_grid(model, images, mean, std, mask_ratio, seed), out, scale)
+    C, size = model.config.in_chans, model.config.img_size
+    statistics = display_statistics(ckpt, C, mean, std)
+    pixels = read_images(image_paths, size, C).float() / 255  # (B, C, S, S)
+    shape = (1, C, 1, 1)
+    images = (pixels - torch.tensor(statistics.mean).view(shape)) / torch.tensor(statistics.std).view(shape)
+    grid = reconstruction_grid(model, images, statistics.mean, statistics.std, mask_ratio, seed)
+    return save_png(titled(grid, legible_scale(size) if scale is None else scale), out), statistics
 
 
 def main(argv: list[str]) -> None:
@@ -50,13 +78,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--mask-ratio", type=float, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0, help="seeds the mask")
-    parser.add_argument("--mean", type=float, nargs="+", default=None, help="default: ImageNet's")
-    parser.add_argument("--std", type=float, nargs="+", default=None, help="default: ImageNet's")
-    parser.add_argument("--scale", type=int, default=1, help="upscale the PNG (nearest) this many times")
+    parser.add_argument("--mean", type=float, nargs="+", default=None,
+                        help="per channel; default: the checkpoint's, else ImageNet's")
+    parser.add_argument("--std", type=float, nargs="+", default=None,
+                        help="per channel; default: the checkpoint's, else ImageNet's")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="enlarge the PNG (nearest) this many times; default: images to at least 96 px")
     args = parser.parse_args(argv)
     try:
-        written = visualize_files(args.ckpt, args.images, args.out, args.mean, args.std, args.mask_ratio,
-                                  args.seed, args.scale)
+        written, statistics = visualize_files(args.ckpt, args.images, args.out, args.mean, args.std,
+                                              args.mask_ratio, args.seed, args.scale)
     except (OSError, ValueError) as error:
         parser.exit(2, f"lit-mae visualize: error: {error}\n")
+    print(f"normalised with mean {statistics.mean}, std {statistics.std} ({statistics.source})", file=sys.stderr)
     print(f"wrote {written}", file=sys.stderr)

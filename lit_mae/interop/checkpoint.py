@@ -16,6 +16,9 @@ from lit_mae.interop.files import read_state_dict
 from lit_mae.models import MAEConfig, MaskedAutoencoderViT, resolve_config
 
 MODEL_PREFIX = "model."  # LitMAE.model, LitLinearProbe.model, LitFineTune.model
+# written by every LitSystem beside Lightning's keys:
+DATA_STATE = "lit_mae_data"  # {"mean", "std"} the training data was normalised with, when declared
+METRICS_STATE = "lit_mae_metrics"  # {name: float} the latest logged metrics (losses, probe, kNN)
 
 
 def is_lightning_checkpoint(content: Mapping[str, Any]) -> bool:
@@ -37,6 +40,20 @@ def config_from_hparams(hparams: Mapping[str, Any], where: str) -> MAEConfig | N
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: a Lightning checkpoint whose hyper_parameters describe no lit-mae model "
                          f"({error})") from None
+
+
+def data_statistics(content: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a lit-mae checkpoint's training data was normalised with; None when unknown."""
+    data = content.get(DATA_STATE)
+    if not isinstance(data, Mapping) or not data.get("mean") or not data.get("std"):
+        return None
+    return tuple(map(float, data["mean"])), tuple(map(float, data["std"]))
+
+
+def logged_metrics(content: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics a lit-mae checkpoint recorded when it was saved ({} for other files)."""
+    metrics = content.get(METRICS_STATE)
+    return {str(k): float(v) for k, v in metrics.items()} if isinstance(metrics, Mapping) else {}
 
 
 def lightning_checkpoint(model: MaskedAutoencoderViT) -> dict[str, Any]:

@@ -15,11 +15,13 @@ import numpy as np
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
+from lit_mae.datamodules.base import declared_statistics
 from lit_mae.datamodules.sampling import derive_seed
 from lit_mae.interop.checkpoint import (
-    config_from_hparams, describe_conflicts, read_lightning_checkpoint, weight_conflicts,
+    DATA_STATE, METRICS_STATE, config_from_hparams, describe_conflicts, read_lightning_checkpoint, weight_conflicts,
 )
 from lit_mae.models import MAEConfig
 from lit_mae.optim import scaled_lr, warmup_cosine_scheduler
@@ -137,8 +139,24 @@ class LitSystem(LightningModule):
                 read_lightning_checkpoint(checkpoint_path)  # raises the named error when the file is at fault
             raise error
 
+    def on_fit_start(self) -> None:
+        # Lightning warns when an epoch has fewer batches than `log_every_n_steps`: the step-level
+        # curve would be empty. lit-mae's systems also log every epoch's mean (train/loss), so
+        # nothing is lost; tiny folders (an epoch of 1-4 batches) would see it every run.
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                                  r"logging interval", category=PossibleUserWarning)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[NONFINITE_STATE] = {"skipped_steps": self.skipped_steps, "consecutive": self._consecutive_skips}
+        if self._trainer is None:
+            return
+        # for readers of the file alone (`lit-mae visualize`, model cards): how the data was
+        # normalised and what the run measured last
+        statistics = declared_statistics(self._trainer.datamodule)
+        if statistics is not None:
+            checkpoint[DATA_STATE] = {"mean": list(statistics[0]), "std": list(statistics[1])}
+        checkpoint[METRICS_STATE] = {name: float(value) for name, value in self._trainer.callback_metrics.items()
+                                     if isinstance(value, (int, float, Tensor)) and torch.as_tensor(value).numel() == 1}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(NONFINITE_STATE, {})

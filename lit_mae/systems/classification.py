@@ -9,10 +9,12 @@ from a random encoder with `pretrained: null` and a `config` (the baseline).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from timm.data import Mixup
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
@@ -145,6 +147,15 @@ class LitLinearProbe(LitClassifier):
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("head."))
         model.encoder.eval()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Lightning warns about modules in eval mode at the start of training; the frozen encoder
+        # (and fc_norm) are in eval mode by design. Only that exact count is silenced: any other
+        # module left in eval mode still shows the warning.
+        encoder = sum(1 for _ in self.model.encoder.modules())  # fc_norm too, when Lightning sees it in eval
+        warnings.filterwarnings("ignore", message=rf"Found ({encoder}|{encoder + 1}) module\(s\) in eval mode at the "
+                                                  "start of training", category=PossibleUserWarning)
 
     def train(self, mode: bool = True) -> LitLinearProbe:
         super().train(mode)
