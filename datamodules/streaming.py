@@ -102,15 +102,13 @@ class ShardRecords:
             return read_info(path.read_text(), where) if path.is_file() else None
         from litdata.streaming.downloader import get_downloader
 
-        with tempfile.TemporaryDirectory() as folder:
-            local = Path(folder, INFO_FILE)
-            try:
-                get_downloader(self.location, folder, [], self.storage_options).download_file(
-                    f"{self.location.rstrip('/')}/{INFO_FILE}", str(local))
-                text = local.read_text()
-            except Exception:  # no such object: shards written by other tools
-                return None
-        return read_info(text, where)
+        data = io.BytesIO()
+        try:  # through the storage's own client (never obstore's, whose runtime would not survive a fork)
+            get_downloader(self.location, tempfile.gettempdir(), [], self.storage_options).download_fileobj(
+                f"{self.location.rstrip('/')}/{INFO_FILE}", data)
+        except Exception:  # no such object: shards written by other tools
+            return None
+        return read_info(data.getvalue().decode(), where) if data.getvalue() else None
 
 
 class ShardSamples(ImageSamples):
