@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_mae.models.config import MAEConfig
-from lit_mae.models.layers import Block, PatchEmbed, init_weights
+from lit_mae.models.layers import Block, PatchEmbed, call_block, init_weights
 from lit_mae.models.ops import random_masking
 from lit_mae.models.pos_embed import resize_pos_embed, sincos_2d
 
@@ -43,6 +43,9 @@ class ViTEncoder(nn.Module):
             for rate in rates
         )
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        # a run-time switch, not architecture: recompute each block in backward instead of keeping
+        # its activations (see `call_block`); set through `MaskedAutoencoderViT.activation_checkpointing`
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,7 +101,7 @@ class ViTEncoder(nn.Module):
         hidden: list[Tensor] = [x]
         attentions: list[Tensor] = []
         for block in self.blocks:
-            x, weights = block(x, need_weights=output_attentions)
+            x, weights = call_block(block, x, output_attentions, self.activation_checkpointing)
             hidden.append(x)
             if weights is not None:
                 attentions.append(weights)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class PatchEmbed(nn.Module):
@@ -97,6 +98,16 @@ class Block(nn.Module):
         x = x + self.drop_path(attended)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
+
+
+def call_block(block: nn.Module, x: Tensor, need_weights: bool = False, checkpointed: bool = False
+               ) -> tuple[Tensor, Tensor | None]:
+    """`block(x, need_weights)`; with `checkpointed` (and gradients on), the block's activations are
+    not kept for backward but recomputed there (torch.utils.checkpoint, non-reentrant; the RNG state
+    is replayed, so drop path draws the same). Less memory for about one more forward of the block."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, need_weights, use_reentrant=False)
+    return block(x, need_weights)
 
 
 def init_weights(module: nn.Module) -> None:

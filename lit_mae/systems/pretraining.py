@@ -38,6 +38,11 @@ class LitMAE(LitSystem):
             went into the loss) or skips that update ("skip", counted in `train/skipped_steps`);
             see `lit_mae.systems.base.LitSystem`.
         max_consecutive_skips: with "skip", stop anyway after this many skipped steps in a row.
+        activation_checkpointing: recompute every encoder and decoder block in backward instead of
+            keeping its activations (`MaskedAutoencoderViT.activation_checkpointing`): the same losses
+            and gradients, less activation memory, about a third more compute per step. Under FSDP
+            the strategy's `activation_checkpointing_policy: [lit_mae.models.layers.Block]` does the
+            same through torch's checkpoint wrapper (docs/distributed.md); use one of the two.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class LitMAE(LitSystem):
         compile: bool = False,
         on_nonfinite: NonFinitePolicy = "raise",
         max_consecutive_skips: int = 10,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__(base_lr, lr, warmup_epochs, min_lr, on_nonfinite, max_consecutive_skips)
         check_numbers("LitMAE", non_negative={"weight_decay": weight_decay})
@@ -72,6 +78,7 @@ class LitMAE(LitSystem):
             if mask_ratio is not None:
                 arch = arch.replace(mask_ratio=mask_ratio)
             self.model = MaskedAutoencoderViT(arch)
+        self.model.activation_checkpointing = activation_checkpointing
         if num_kept(arch.num_patches, arch.mask_ratio) >= arch.num_patches:
             raise ValueError(
                 f"LitMAE: mask_ratio={arch.mask_ratio!r} masks none of the {arch.num_patches} patches "
