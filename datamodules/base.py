@@ -4,13 +4,17 @@ Datasets yield `(pixels, label)` with uint8 pixels (C, S, S) (or already normali
 PIL-based recipes) and label -1 when there are none. A corrupt file yields None instead: the
 collate function drops it and counts it in the `LoadedBatch`, and `on_after_batch_transfer` hands
 the model a `Batch` with float images normalised by `mean`/`std`, on the device the model is on.
+
+Images other than 8-bit with 1 or 3 channels (`full_depth`) come out of the workers as normalised
+float32 instead (`transforms.Normalised`); `mean`/`std` are then in the image's own unit
+(`lit_mae.datamodules.arrays.to_unit`: fractions of full scale for uint8 / uint16 files).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from lightning.fabric.utilities.data import suggested_max_num_workers
@@ -18,6 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from lit_mae.datamodules.arrays import ArrayLayout
 from lit_mae.datamodules.batch import Batch, LoadedBatch, read_batch
 from lit_mae.datamodules.images import UnreadableImageError
 from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
@@ -26,6 +31,7 @@ from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pip
 MAX_AUTO_WORKERS = 8  # `num_workers: null` takes at most this many loader processes per device
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Depth = Literal["auto", "8bit", "full"]  # how deep pixels stay on the way in (`BaseImageDataModule`)
 
 
 def declared_statistics(datamodule: object) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -85,6 +91,11 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
     """Loaders and the device-side normalisation for DataModules built on `ImageSamples`.
 
     Subclasses fill `self.splits` ("train", "val", "test", optionally "predict") in `setup`.
+    `channels`: any count. `depth`: "8bit" reads 1- or 3-channel images as 8-bit (uint8 through
+    the loader, 16-bit files keep their top 8 bits), "full" keeps every file's own depth (the
+    float form), "auto" lets a subclass choose from the data; channels other than 1 and 3 always
+    take the float form (`full_depth`). `array_layout`: the band axis of `.npy` files
+    (`lit_mae.datamodules.arrays`). `mean`/`std` may stay None until a subclass's `setup`.
     `skipped_files` counts the unreadable files dropped so far in this process; each change is
     logged as `data/skipped_files` to the Trainer's logger. `num_workers=None` chooses the loader
     processes from the CPU count (`workers`).
@@ -96,31 +107,51 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
 
     def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int | None, pin_memory: bool,
                  persistent_workers: bool, augment: AugmentOption | dict, mean: Sequence[float],
-                 std: Sequence[float], crop_pct: float, strict: bool) -> None:
+                 std: Sequence[float] | None, crop_pct: float, strict: bool, depth: Depth = "8bit",
+                 array_layout: ArrayLayout = "auto") -> None:
         super().__init__()
         name = type(self).__name__
         for field, value, least in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
                                     ("num_workers", 0 if num_workers is None else num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}.{field} must be an integer >= {least}, got {value!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"{name}.channels must be 1 or 3, got {channels!r}")
-        if len(mean) != channels or len(std) != channels:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"{name}.channels must be an integer >= 1 (any band count), got {channels!r}")
+        for field, value, allowed in (("depth", depth, ("auto", "8bit", "full")),
+                                      ("array_layout", array_layout, ("auto", "CHW", "HWC"))):
+            if value not in allowed:
+                raise ValueError(f"{name}.{field} must be one of {allowed}, got {value!r}")
+        if depth == "8bit" and channels not in (1, 3):
+            raise ValueError(f"{name}.depth: '8bit' reads 1- or 3-channel images; {channels} channels are read "
+                             "at their own depth (use depth: full or auto)")
+        if (mean is None) != (std is None):
+            raise ValueError(f"{name}: give both mean and std, or neither (got mean={mean}, std={std})")
+        if mean is not None and (len(mean) != channels or len(std) != channels):
             raise ValueError(f"{name}: mean {tuple(mean)} and std {tuple(std)} need {channels} values (channels)")
         self.augment = resolve_augment(augment)
         self.image_size, self.channels, self.batch_size = image_size, channels, batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory  # num_workers None: `workers()` decides
         self.persistent_workers = persistent_workers
-        self.mean, self.std, self.crop_pct, self.strict = tuple(mean), tuple(std), crop_pct, strict
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.crop_pct, self.strict = crop_pct, strict
+        self.depth, self.array_layout = depth, array_layout
         self.splits: dict[str, Dataset] = {}
         self.skipped_files = 0
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
+    @property
+    def full_depth(self) -> bool:
+        """Whether images take the float form (their own depth, normalised in the workers)."""
+        return self.channels not in (1, 3) or self.depth == "full"
+
     def train_pipeline(self) -> Pipeline:
-        return pipeline(self.augment, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
+        return pipeline(self.augment, self.image_size, self.channels, self.mean, self.std, self.crop_pct,
+                        self.full_depth, self.array_layout)
 
     def eval_pipeline(self) -> Pipeline:
-        return pipeline(None, self.image_size, self.channels, self.mean, self.std, self.crop_pct)
+        return pipeline(None, self.image_size, self.channels, self.mean, self.std, self.crop_pct,
+                        self.full_depth, self.array_layout)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """The split's loader; shuffled (training) ones draw their order and augmentation from

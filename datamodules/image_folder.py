@@ -7,19 +7,25 @@ import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
+from lit_mae.datamodules.arrays import ArrayLayout, is_eight_bit
 from lit_mae.datamodules.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BaseImageDataModule,
+    Depth,
     ImageSamples,
     check_fractions,
     plain_augment,
     split_indices,
 )
-from lit_mae.datamodules.images import IMAGE_SUFFIXES
+from lit_mae.datamodules.images import IMAGE_SUFFIXES, UnreadableImageError
+from lit_mae.datamodules.statistics import channel_statistics, unit_reader
 from lit_mae.datamodules.transforms import AugmentOption
 
 LabelSource = Literal["folders", "none"]
+Normalize = Literal["auto", "imagenet"]
+SUFFIXES = IMAGE_SUFFIXES + (".npy",)  # .npy: arrays (C, H, W) or (H, W, C), see `array_layout`
+DEPTH_PROBES = 8  # `depth: auto` looks at up to this many training files for a readable one
 
 
 def find_images(root: Path) -> list[Path]:
@@ -39,7 +45,7 @@ def find_images(root: Path) -> list[Path]:
         seen_dirs.add((here.st_dev, here.st_ino))
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))  # no .thumbnails etc.
         found += [Path(directory, name) for name in sorted(files)
-                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]  # nor macOS ._ files
+                  if name.lower().endswith(SUFFIXES) and not name.startswith(".")]  # nor macOS ._ files
     if loops:
         warnings.warn(f"{root}: {len(loops)} linked folder(s) lead back to folders already listed (a link loop or "
                       f"a second link to one folder), each listed once: {loops[:3]}", stacklevel=2)
@@ -68,7 +74,7 @@ def list_samples(root: Path, labels: LabelSource, classes: list[str] | None, fie
     if labels == "none":
         files = find_images(root)
         if not files:
-            raise ValueError(f"ImageFolderDataModule.{field}: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+            raise ValueError(f"ImageFolderDataModule.{field}: no images ({', '.join(SUFFIXES)}) under {root}")
         return files, [-1] * len(files), []
     names = class_folders(root)
     if not names:
@@ -94,8 +100,18 @@ class ImageFolderDataModule(BaseImageDataModule):
     (root/<class>/**/<image>), with `labels: none` any tree of images (for pretraining). Val and
     test come from `val_root` / `test_root` when given, else from a split of `root` seeded by
     `seed` (`val_fraction`, `test_fraction`). Any image mode (grayscale, palette, RGBA, CMYK,
-    16-bit, EXIF-rotated) is read as upright RGB, or L with `channels: 1`. Unreadable files are
-    skipped with a warning and counted (`strict: true` stops instead).
+    16-bit, EXIF-rotated) is read as upright RGB, or L with `channels: 1`. Unreadable files, and
+    files whose band count is not `channels`, are skipped with a warning and counted (`strict:
+    true` stops instead).
+
+    Beyond 8-bit RGB (docs/multiband.md): `channels` is any band count; multi-band TIFF, `.npy`
+    arrays (band axis: `array_layout`) and 16-bit PNG/TIFF keep their depth. `depth: auto` reads
+    8-bit 1- or 3-channel data as uint8 (unchanged) and anything else at full depth (decided from
+    the first readable training file); "8bit" / "full" force it. `mean`/`std` per channel in the
+    image's own unit (fractions of full scale for 8/16-bit files); when not given, `normalize:
+    auto` computes them from a seeded sample of the training split in `setup` and stores them in
+    the hyper-parameters (so checkpoints carry them); "imagenet" takes ImageNet's (their grey
+    average for 1 channel); unset: ImageNet's for 8-bit 1- or 3-channel data, computed otherwise.
 
     `augment` is the training recipe (`pretrain`, `linprobe`, `finetune`, an Augment, or null);
     evaluation resizes to image_size / crop_pct and center-crops.
@@ -105,12 +121,22 @@ class ImageFolderDataModule(BaseImageDataModule):
                  test_root: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0,
                  seed: int = 0, image_size: int = 224, channels: int = 3, augment: AugmentOption = "pretrain",
                  batch_size: int = 64, num_workers: int | None = None, pin_memory: bool = True,
-                 persistent_workers: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, crop_pct: float = 0.875, strict: bool = False) -> None:
-        if channels == 1 and tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:
-            mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+                 persistent_workers: bool = True, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, crop_pct: float = 0.875, strict: bool = False,
+                 normalize: Normalize | None = None, depth: Depth = "auto", array_layout: ArrayLayout = "auto") -> None:
+        if normalize not in (None, "auto", "imagenet"):
+            raise ValueError(f"ImageFolderDataModule.normalize must be 'auto', 'imagenet' or null, got {normalize!r}")
+        self.statistics_given = mean is not None
+        if mean is None and std is None and normalize != "auto" and channels in (1, 3):
+            mean, std = imagenet_statistics(channels)  # provisional unless `setup` finds deeper data
+        elif mean is None and normalize == "imagenet":
+            raise ValueError(f"ImageFolderDataModule.normalize: 'imagenet' has statistics for 1 or 3 channels, "
+                             f"not {channels}; use normalize: auto or give mean/std")
+        elif channels == 1 and tuple(mean or ()) == IMAGENET_MEAN and tuple(std or ()) == IMAGENET_STD:
+            mean, std = imagenet_statistics(1)  # ImageNet's RGB statistics asked for grey: their average
         super().__init__(image_size, channels, batch_size, num_workers, pin_memory, persistent_workers,
-                         augment, mean, std, crop_pct, strict)
+                         augment, mean, std, crop_pct, strict, depth, array_layout)
+        self.normalize_by = normalize  # (not `normalise`, the method that normalises a batch)
         if labels not in ("folders", "none"):
             raise ValueError(f"ImageFolderDataModule.labels must be 'folders' or 'none', got {labels!r}")
         check_fractions("ImageFolderDataModule", val_fraction, test_fraction)
@@ -138,8 +164,39 @@ class ImageFolderDataModule(BaseImageDataModule):
                 folder = _existing_folder(root, f"{split}_root")
                 found, found_targets, _ = list_samples(folder, self.labels, classes, f"{split}_root")
                 samples[split] = (found, found_targets)
+        self._resolve_depth(samples["train"][0])
+        self._resolve_statistics(samples["train"][0])
         train_load, eval_load = self.train_pipeline(), self.eval_pipeline()
         for split, (split_files, split_targets) in samples.items():
             if split_files:
                 load = train_load if split == "train" else eval_load
                 self.splits[split] = ImageSamples(split_files, split_targets, load, self.strict)
+
+    def _resolve_depth(self, files: list[Path]) -> None:
+        """`depth: auto` -> "8bit" when the first readable training file is 8-bit, else "full"."""
+        if self.depth != "auto":
+            return
+        self.depth = "8bit"
+        for path in files[:DEPTH_PROBES]:
+            try:
+                self.depth = "8bit" if is_eight_bit(path) else "full"
+                return
+            except UnreadableImageError:
+                continue
+
+    def _resolve_statistics(self, files: list[Path]) -> None:
+        """Compute mean/std from the training split unless given (or ImageNet's fit 8-bit data),
+        and store them in the hyper-parameters (checkpoints then rebuild the same normalisation)."""
+        if self.statistics_given or not (self.normalize_by == "auto" or (self.normalize_by is None and self.full_depth)):
+            return
+        read = unit_reader(self.channels, self.full_depth, self.array_layout)
+        self.mean, self.std = channel_statistics(files, read, seed=self.seed,
+                                                 owner=f"ImageFolderDataModule (normalize: auto, {self.root})")
+        self.hparams["mean"], self.hparams["std"] = list(self.mean), list(self.std)
+
+
+def imagenet_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean/std for 3 channels; their average for 1 (grey never gets the RGB triple)."""
+    if channels == 1:
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return IMAGENET_MEAN, IMAGENET_STD

@@ -14,6 +14,11 @@ Two forms of each: `train_transform` / `eval_transform` map PIL images to normal
 reference form); `pipeline` / `EvalPipeline` map a file path or a uint8 (C, H, W) tensor to uint8
 (C, S, S), decoding only what the crop needs, and leave normalising to the batch on the device.
 Recipes with RandAugment or random erasing run the PIL form inside the pipeline (they need PIL).
+
+Images that are not 8-bit with 1 or 3 channels (`full_depth`: 16-bit, float, multi-band) take the
+float form: read at their own depth (`lit_mae.datamodules.arrays`), cropped, flipped and resized as
+float32 in the image's own unit, normalised in the worker (`Normalised`), random erasing after.
+RandAugment (PIL's 8-bit ops) refuses them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from lit_mae.datamodules.arrays import ArrayLayout, read_full
 from lit_mae.datamodules.images import Box, load_pil, read_image
 
 # timm's RandAugment policy strings: "rand" then numeric sections (magnitude, layers, noise, ...)
@@ -152,17 +158,20 @@ def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], c
     ])
 
 
-Source = Union[str, Path, Tensor]  # an image file, or uint8 pixels (C, H, W)
+Source = Union[str, Path, Tensor]  # an image file, or pixels (C, H, W): uint8, or float in the image's unit
 Pipeline = Callable[[Source], Tensor]
 
 
 class CropAndFlip:
     """RandomResizedCrop + optional flip on uint8, drawing from torch's RNG exactly as torchvision's
-    `RandomResizedCrop` and `RandomHorizontalFlip` do (same seed, same crop and flip)."""
+    `RandomResizedCrop` and `RandomHorizontalFlip` do (same seed, same crop and flip). With
+    `full_depth`, files are read at their own depth and the output is float32 in their unit."""
 
-    def __init__(self, augment: Augment, size: int, channels: int = 3) -> None:
+    def __init__(self, augment: Augment, size: int, channels: int = 3, full_depth: bool = False,
+                 layout: ArrayLayout = "auto") -> None:
         self.augment, self.size, self.channels = augment, (size, size), channels
         self.mode = _mode(augment.interpolation)
+        self.full_depth, self.layout = full_depth, layout
 
     def plan(self, height: int, width: int) -> Box:
         if self.augment.crop_scale is None:
@@ -172,13 +181,16 @@ class CropAndFlip:
 
     def __call__(self, source: Source) -> Tensor:
         if isinstance(source, Tensor):
+            source = as_unit(source) if self.full_depth else source
             pixels = TF.resized_crop(source, *self.plan(*source.shape[-2:]), list(self.size),
                                      interpolation=self.mode, antialias=True)
+        elif self.full_depth:
+            pixels = read_full(source, self.channels, self.plan, self.size, self.mode, self.layout)
         else:
             pixels = read_image(source, self.channels, self.plan, self.size, self.mode)
         if self.augment.hflip and torch.rand(1) < 0.5:
             pixels = pixels.flip(-1)
-        return pixels  # uint8 (C, S, S)
+        return pixels  # uint8 (C, S, S); float32 with full_depth
 
 
 class PILPipeline:
@@ -199,23 +211,64 @@ class EvalPipeline:
     """Evaluation on uint8: short side to size / crop_pct (bicubic, antialiased), center crop."""
 
     def __init__(self, size: int, channels: int = 3, crop_pct: float = 0.875,
-                 interpolation: Interpolation = "bicubic") -> None:
+                 interpolation: Interpolation = "bicubic", full_depth: bool = False,
+                 layout: ArrayLayout = "auto") -> None:
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.size, self.channels, self.resize = size, channels, int(size / crop_pct)
         self.mode = _mode(interpolation)
+        self.full_depth, self.layout = full_depth, layout
 
     def __call__(self, source: Source) -> Tensor:
-        pixels = source if isinstance(source, Tensor) else read_image(source, self.channels)
+        if isinstance(source, Tensor):
+            pixels = as_unit(source) if self.full_depth else source
+        else:
+            pixels = read_full(source, self.channels, layout=self.layout) if self.full_depth else \
+                read_image(source, self.channels)
         pixels = TF.resize(pixels, self.resize, interpolation=self.mode, antialias=True)
-        return TF.center_crop(pixels, [self.size, self.size])  # uint8 (C, S, S)
+        return TF.center_crop(pixels, [self.size, self.size])  # uint8 (C, S, S); float32 with full_depth
+
+
+def as_unit(pixels: Tensor) -> Tensor:
+    """A uint8 tensor as float32 fractions of 255 (the file reader's unit); float passes through."""
+    return pixels.float().div_(255) if pixels.dtype == torch.uint8 else pixels
+
+
+class Normalised:
+    """The float form's last steps, in the worker: (pixels - mean) / std per channel, then random
+    erasing (per-pixel noise, timm's) with probability `erasing`. float32 (C, S, S) out."""
+
+    def __init__(self, load: Pipeline, mean: tuple[float, ...], std: tuple[float, ...], erasing: float = 0.0) -> None:
+        self.load = load
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.erase = RandomErasing(erasing, mode="pixel", max_count=1, device="cpu") if erasing > 0 else None
+
+    def __call__(self, source: Source) -> Tensor:
+        pixels = (self.load(source) - self.mean) / self.std
+        return self.erase(pixels) if self.erase is not None else pixels
 
 
 def pipeline(augment: Augment | None, size: int, channels: int, mean: tuple[float, ...],
-             std: tuple[float, ...], crop_pct: float = 0.875) -> Pipeline:
-    """The training pipeline of `augment` (the evaluation one for None): uint8 out where it can be."""
+             std: tuple[float, ...], crop_pct: float = 0.875, full_depth: bool = False,
+             layout: ArrayLayout = "auto") -> Pipeline:
+    """The training pipeline of `augment` (the evaluation one for None): uint8 out where it can be;
+    with `full_depth` (forced for channels other than 1 and 3) the float form, normalised."""
+    if full_depth or channels not in (1, 3):
+        check_tensor_only(augment, channels)
+        load: Pipeline = EvalPipeline(size, channels, crop_pct, full_depth=True, layout=layout) if augment is None \
+            else CropAndFlip(augment, size, channels, full_depth=True, layout=layout)
+        return Normalised(load, mean, std, augment.random_erasing if augment is not None else 0.0)
     if augment is None:
         return EvalPipeline(size, channels, crop_pct)
     if augment.rand_augment or augment.random_erasing > 0:
         return PILPipeline(train_transform(augment, size, mean, std), channels)
     return CropAndFlip(augment, size, channels)
+
+
+def check_tensor_only(augment: Augment | None, channels: int) -> None:
+    """RandAugment is PIL's 8-bit 1- or 3-channel ops: a ValueError saying so for other images."""
+    if augment is not None and augment.rand_augment:
+        raise ValueError(f"Augment.rand_augment={augment.rand_augment!r}: RandAugment works on 8-bit images with 1 "
+                         f"or 3 channels (its ops are PIL's), not on these ({channels} channels or more than 8 bits); "
+                         "set rand_augment: null (crop, flip, resize and random erasing work on any channels and depth)")

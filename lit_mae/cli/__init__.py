@@ -25,6 +25,7 @@ OWN_SUBCOMMANDS: dict[str, Subcommand] = {
     "export-encoder": Subcommand("lit_mae.cli.export_encoder", "Write the encoder (no masking) as ONNX or a torch.export .pt2 file."),
     "embed": Subcommand("lit_mae.cli.embed", "Write one row of features per image (a folder or a DataModule), no masking."),
     "prepare": Subcommand("lit_mae.cli.prepare", "Write LitData shards (for StreamingDataModule) from an image folder, CIFAR or the digits."),
+    "stats": Subcommand("lit_mae.cli.stats", "Print the per-channel mean/std of an image folder's training split (for normalize)."),
 }
 
 # one line each for LightningCLI's subcommands (Lightning's own docstrings are cut mid-sentence)
