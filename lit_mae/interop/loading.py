@@ -5,7 +5,9 @@ checkpoints), "official-full" / "official-encoder" / "official-finetuned" (`{"mo
 of the official code; a bare state dict with a decoder is "official-full" too), "hf" (transformers
 ViTMAE), "timm" (a bare ViT state dict: the official encoder names, unwrapped), "lit-mae" (a bare
 lit-mae `state_dict()`). Anything not copied from the file, or in the file but not copied, is named
-in a `LoadReport`, and a warning says so.
+in a `LoadReport`, and a warning says so. An `in_chans=` override that differs from the file's
+channel count adapts the patch embedding and the decoder's prediction layer
+(`lit_mae.interop.channels`), reported the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Collection, Literal, Mapping, NamedTuple
 
 from torch import Tensor, nn
 
+from lit_mae.interop.channels import adapt_channels
 from lit_mae.interop.checkpoint import config_from_hparams, is_lightning_checkpoint, model_state
 from lit_mae.interop.files import find_weights, read_state_dict
 from lit_mae.interop.hf import config_from_hf, hf_to_lit, is_hf_state_dict
@@ -43,6 +46,7 @@ class LoadReport:
     initialised: tuple[str, ...] = ()  # model keys not in the file: left freshly initialised
     dropped: tuple[str, ...] = ()  # file keys not loaded
     notes: tuple[str, ...] = ()  # assumptions, e.g. heads taken from the standard ViT width
+    adapted: tuple[str, ...] = ()  # tensors changed to fit another channel count (`in_chans=`), and how
 
     def __str__(self) -> str:
         parts = [f"{self.source}: read as {self.format}, architecture from {self.config_from}"]
@@ -50,7 +54,7 @@ class LoadReport:
             parts.append(f"freshly initialised (not in the file): {summarise(self.initialised)}")
         if self.dropped:
             parts.append(f"left out (in the file, not loaded): {summarise(self.dropped)}")
-        return "; ".join(parts + list(self.notes))
+        return "; ".join(parts + list(self.notes) + list(self.adapted))
 
 
 class EncoderWeights(NamedTuple):
@@ -83,8 +87,10 @@ def load_pretrained(
     non-standard widths); `overrides` change fields of it. `decoder="init"`: an encoder-only file
     gets a freshly initialised decoder. `head="drop"`: a fine-tuned file's fc_norm/head are left
     out (and a missing final norm, absent in global-pool files, is initialised). Both are reported
-    in a warning and in `model.load_report`. Anything else missing, unexpected or of another shape
-    raises one error naming every such key.
+    in a warning and in `model.load_report`. `in_chans=N` (an override) on weights of another
+    channel count adapts the patch embedding and the decoder's prediction layer
+    (`lit_mae.interop.channels`: timm's `adapt_input_conv` rule; reported as `adapted`). Anything
+    else missing, unexpected or of another shape raises one error naming every such key.
     """
     _check_choice("decoder", decoder, ("require", "init"))
     _check_choice("head", head, ("error", "drop"))
@@ -92,6 +98,7 @@ def load_pretrained(
     arch, config_from, notes = _architecture(src, config, overrides, decoder=True)
     state, dropped = _split_classifier(src, drop=head == "drop")
     model = MaskedAutoencoderViT(arch)
+    adapted = adapt_channels(state, model.state_dict(), arch.in_chans)  # in_chans=N on C-channel weights
     fresh = _missing_final_norm(state, dropped)
     if not any(k.startswith(DECODER_PREFIXES) for k in state):
         if decoder != "init":
@@ -104,7 +111,7 @@ def load_pretrained(
         notes.append(f"decoder built as decoder_embed_dim={arch.decoder_embed_dim}, decoder_depth="
                      f"{arch.decoder_depth}, decoder_num_heads={arch.decoder_num_heads}")
     load_strict(model, state, src.where, fresh)
-    model.load_report = _report(src, config_from, fresh, dropped, notes)
+    model.load_report = _report(src, config_from, fresh, dropped, notes, adapted)
     return model
 
 
@@ -120,9 +127,10 @@ def load_encoder_weights(
     dropped = sorted(set(src.state) - set(state))
     fresh = _missing_final_norm(state, dropped)
     template = _encoder_template(arch)
+    adapted = adapt_channels(state, template, arch.in_chans)
     _check_fit(template, state, src.where, fresh)
     state.update({k: template[k] for k in fresh})  # a fresh final norm: LayerNorm's 1 / 0
-    report = _report(src, config_from, fresh, dropped, notes)
+    report = _report(src, config_from, fresh, dropped, notes, adapted)
     return EncoderWeights(arch, {k.removeprefix("encoder."): v for k, v in state.items()}, report)
 
 
@@ -141,10 +149,12 @@ def load_classifier(
     model = ViTClassifier(arch, src.state["head.weight"].shape[0], pool,
                           head_batchnorm="head_norm.running_mean" in src.state)
     fresh = [k for k in _FINAL_NORM if k not in src.state] if pool == "avg" else []
-    load_strict(model, src.state, src.where, fresh)
+    state = dict(src.state)
+    adapted = adapt_channels(state, model.state_dict(), arch.in_chans)
+    load_strict(model, state, src.where, fresh)
     if fresh:
         notes.append("the freshly initialised encoder.norm is unused by average pooling")
-    model.load_report = LoadReport(src.where, src.format, config_from, tuple(fresh), (), tuple(notes))
+    model.load_report = LoadReport(src.where, src.format, config_from, tuple(fresh), (), tuple(notes), tuple(adapted))
     return model
 
 
@@ -284,8 +294,9 @@ def _missing_final_norm(state: Mapping[str, Tensor], dropped: Collection[str]) -
     return [k for k in _FINAL_NORM if k not in state] if has_fc_norm else []
 
 
-def _report(src: _Source, config_from: str, fresh: list[str], dropped: list[str], notes: list[str]) -> LoadReport:
-    report = LoadReport(src.where, src.format, config_from, tuple(fresh), tuple(dropped), tuple(notes))
-    if fresh or any(k.startswith(CLASSIFIER_PREFIXES) for k in dropped):
+def _report(src: _Source, config_from: str, fresh: list[str], dropped: list[str], notes: list[str],
+            adapted: list[str] = ()) -> LoadReport:
+    report = LoadReport(src.where, src.format, config_from, tuple(fresh), tuple(dropped), tuple(notes), tuple(adapted))
+    if fresh or adapted or any(k.startswith(CLASSIFIER_PREFIXES) for k in dropped):
         warnings.warn(str(report), stacklevel=3)
     return report

@@ -32,6 +32,8 @@ class LitClassifier(LitSystem):
     """Shared by the probe and fine-tuning: encoder + head, loading, metrics, steps, schedule.
 
     `num_classes: null` takes the DataModule's `num_classes` when the Trainer sets the model up.
+    `in_chans`: the data's channel count when it differs from the weights' (the patch embedding is
+    adapted by timm's `adapt_input_conv` rule, `lit_mae.interop.channels`; reported in a warning).
     `on_nonfinite` / `max_consecutive_skips`: what a NaN or inf training loss does, as in `LitMAE`.
     """
 
@@ -39,14 +41,15 @@ class LitClassifier(LitSystem):
                  img_size: int | None, pool: PoolKind, head_batchnorm: bool, head_init_std: float,
                  base_lr: float, lr: float | None, weight_decay: float, warmup_epochs: float,
                  min_lr: float, drop_path_rate: float = 0.0, on_nonfinite: NonFinitePolicy = "raise",
-                 max_consecutive_skips: int = 10) -> None:
+                 max_consecutive_skips: int = 10, in_chans: int | None = None) -> None:
         super().__init__(base_lr, lr, warmup_epochs, min_lr, on_nonfinite, max_consecutive_skips)
         check_numbers(type(self).__name__, non_negative={"weight_decay": weight_decay})
         if pretrained is not None:
-            arch, self._encoder_state = load_encoder(pretrained, img_size)
+            arch, self._encoder_state = load_encoder(pretrained, img_size, in_chans)
         elif config is not None:
             arch = config if isinstance(config, MAEConfig) else MAEConfig.from_dict(config)
-            arch, self._encoder_state = arch.replace(img_size=img_size or arch.img_size), None
+            arch = arch.replace(img_size=img_size or arch.img_size, in_chans=in_chans or arch.in_chans)
+            self._encoder_state = None
         else:
             raise ValueError("give `pretrained` weights, or `config` for a randomly initialised encoder")
         self.arch = arch.replace(drop_path_rate=drop_path_rate)
@@ -85,7 +88,7 @@ class LitClassifier(LitSystem):
         super().on_save_checkpoint(checkpoint)
         # the checkpoint holds the weights: rebuild from the architecture, not from `pretrained`
         hparams = checkpoint.get("hyper_parameters", {})
-        hparams.update(pretrained=None, config=self.arch.to_dict(), img_size=None)
+        hparams.update(pretrained=None, config=self.arch.to_dict(), img_size=None, in_chans=None)
 
     @property
     def architecture(self) -> MAEConfig:
@@ -136,10 +139,12 @@ class LitLinearProbe(LitClassifier):
                  img_size: int | None = None, pool: PoolKind = "cls", base_lr: float = 0.1,
                  lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
                  warmup_epochs: float = 10.0, min_lr: float = 0.0,
-                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
+                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10,
+                 in_chans: int | None = None) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=True, head_init_std=0.01,
                          base_lr=base_lr, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                         min_lr=min_lr, on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
+                         min_lr=min_lr, on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips,
+                         in_chans=in_chans)
         self.momentum = momentum
         self.save_hyperparameters()
 
@@ -206,11 +211,12 @@ class LitFineTune(LitClassifier):
                  lr: float | None = None, weight_decay: float = 0.05, layer_decay: float = 0.75,
                  drop_path_rate: float = 0.1, warmup_epochs: float = 5.0, min_lr: float = 1e-6,
                  mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1, mix_seed: int = 0,
-                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10) -> None:
+                 on_nonfinite: NonFinitePolicy = "raise", max_consecutive_skips: int = 10,
+                 in_chans: int | None = None) -> None:
         super().__init__(num_classes, pretrained, config, img_size, pool, head_batchnorm=False,
                          head_init_std=2e-5, base_lr=base_lr, lr=lr, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, min_lr=min_lr, drop_path_rate=drop_path_rate,
-                         on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips)
+                         on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips, in_chans=in_chans)
         self.layer_decay = layer_decay
         self.mixup, self.cutmix, self.label_smoothing, self.mix_seed = mixup, cutmix, label_smoothing, mix_seed
         self._mixer: Mixup | None = None
