@@ -163,10 +163,15 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
         settings = dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
                         persistent_workers=self.persistent_workers and workers > 0, collate_fn=collate_skipping)
         if shuffle:
-            return train_loader(dataset, self.batch_size, self.seed, random_samples=self.augment is not None,
+            return train_loader(dataset, self.batch_size, self.seed, random_samples=self.draws_per_sample(),
                                 resume_from=self.resume_position(), drop_last=len(dataset) > self.batch_size,
                                 **settings)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **settings)
+
+    def draws_per_sample(self) -> bool:
+        """Whether reading a training sample draws random numbers (augmentation): its draws are then
+        seeded by (seed, epoch, index), so runs and resumes repeat them."""
+        return self.augment is not None
 
     def workers(self) -> int:
         """Loader worker processes: `num_workers`, or when it is None as many as the CPUs this

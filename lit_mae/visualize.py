@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var, patchify, unpatchify
 
 GREY = 0.5  # removed patches in the masked-input panel
-COLUMN_TITLES = ("original", "masked input", "reconstruction", "+ visible")
+COLUMN_TITLES = ("original", "masked input", "reconstruction", "visible pasted")
 MIN_CELL = 96  # px: `titled` enlarges smaller images to at least this side
 
 

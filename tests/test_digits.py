@@ -135,9 +135,81 @@ def test_setup_is_idempotent():
     (dict(val_fraction=1.5), ["val_fraction", "1.5"]),
     (dict(test_fraction=-0.1), ["test_fraction", "-0.1"]),
     (dict(val_fraction=0.6, test_fraction=0.5), ["val_fraction", "0.6", "test_fraction", "0.5"]),
+    (dict(image_size=16, digit_size=20), ["digit_size", "20", "16"]),
+    (dict(placement="left"), ["placement", "left"]),
 ])
 def test_bad_arguments_name_the_field_and_value(kwargs, words):
     with pytest.raises(ValueError) as info:
         DigitsDataModule(**kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+# --- translated digits: digit_size < image_size ---------------------------------------------------
+
+def _where(canvas: torch.Tensor, digit: torch.Tensor) -> list[tuple[int, int]]:
+    """Every (top, left) at which uint8 `digit` (C, d, d) sits in `canvas` (C, S, S), black elsewhere."""
+    d, S = digit.shape[-1], canvas.shape[-1]
+    found = []
+    for top in range(S - d + 1):
+        for left in range(S - d + 1):
+            rest = canvas.clone()
+            rest[:, top:top + d, left:left + d] = 0
+            if torch.equal(canvas[:, top:top + d, left:left + d], digit) and not rest.any():
+                found.append((top, left))
+    return found
+
+
+def _epoch(dm: DigitsDataModule, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels, labels) of one training epoch, in loader order."""
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    batches = list(loader)
+    return torch.cat([b.pixels for b in batches]), torch.cat([b.labels for b in batches])
+
+
+def test_random_placement_moves_each_training_digit_every_epoch_reproducibly():
+    settings = dict(image_size=24, digit_size=12, placement="random", channels=1, batch_size=64, seed=3)
+    dm = _setup(**settings)
+    first, first_labels = _epoch(dm, 0)
+    second, _ = _epoch(dm, 1)
+    assert first.shape[1:] == (1, 24, 24)
+    order = dm.train_dataloader().sampler
+    order.set_epoch(0)
+    unplaced = dm.splits["train"].sources  # the training digits (N, 1, 12, 12)
+    places = set()
+    for row, key in enumerate(list(order)[:40]):
+        index = key[0] if isinstance(key, tuple) else key
+        spots = _where(first[row], unplaced[index])
+        assert spots, f"training digit {index} is not on its canvas"  # the digit, whole, on black
+        places.add(spots[0])
+    assert len(places) > 10  # spread over the canvas
+    assert not torch.equal(first, second)  # a new place each epoch
+    again, again_labels = _epoch(_setup(**settings), 0)
+    assert torch.equal(first, again) and torch.equal(first_labels, again_labels)  # the same in a rerun
+    in_workers, _ = _epoch(_setup(**settings, num_workers=2), 0)
+    assert torch.equal(first, in_workers)  # worker processes draw the same places
+    other, _ = _epoch(_setup(**{**settings, "seed": 4}), 0)
+    assert not torch.equal(first, other)
+
+
+def test_val_and_test_digits_keep_one_place_and_the_default_is_unchanged():
+    from lit_mae.datamodules.digits import digits_pixels
+
+    settings = dict(image_size=24, digit_size=12, placement="random", channels=1, seed=3)
+    val, _ = _stored(_setup(**settings), "val")
+    assert torch.equal(val, _stored(_setup(**settings), "val")[0])  # fixed by the seed
+    corners = {tuple(canvas[0].nonzero().min(0).values.tolist()) for canvas in val}
+    assert len(corners) > 5  # not all at one place
+    digits, _ = digits_pixels(12, 1)
+    _, val_indices, test_indices = split_indices(len(digits), (0.1, 0.1), 3, "DigitsDataModule", "digits")
+    for canvas, index in zip(val[:20], val_indices[:20]):
+        assert _where(canvas, digits[index])
+    centred, _ = _stored(_setup(image_size=24, digit_size=12, channels=1, seed=3), "test")
+    for canvas, index in zip(centred[:10], test_indices[:10]):
+        assert _where(canvas, digits[index]) == [(6, 6)]
+    # without digit_size nothing changes: the digits fill the frame, as before
+    plain = _setup(image_size=16, seed=3)
+    pixels, _ = digits_pixels(16, 3)
+    train, _, _ = split_indices(len(digits), (0.1, 0.1), 3, "DigitsDataModule", "digits")
+    assert torch.equal(_stored(plain, "train")[0], pixels[train]) and not plain.draws_per_sample()

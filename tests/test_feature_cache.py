@@ -73,6 +73,10 @@ def test_cache_is_rebuilt_for_a_second_fit(make_trainer):
 def test_cached_features_refuse_an_augmenting_datamodule():
     with pytest.raises(ValueError, match=r"DigitsDataModule augments its training images \(augment=Augment"):
         CachedFeatures(DigitsDataModule(image_size=16, batch_size=32, augment="linprobe"))
+    # a random place per epoch is a draw too (before: an IndexError inside torch at the first batch)
+    with pytest.raises(ValueError, match=r"DigitsDataModule draws each training image anew every epoch"):
+        CachedFeatures(DigitsDataModule(image_size=32, digit_size=16, placement="random", batch_size=32))
+    CachedFeatures(DigitsDataModule(image_size=32, digit_size=16, placement="centre", batch_size=32))  # fixed: fine
 
 
 def test_cached_features_serve_the_wrapped_test_images_and_its_classes(make_trainer):

@@ -100,6 +100,11 @@ class CachedFeatures(LightningDataModule):
             raise ValueError(f"CachedFeatures: {type(images).__name__} augments its training images "
                              f"(augment={images.augment}), so no two epochs see the same features; set its "
                              "augment to null, or train without CachedFeatures")
+        draws = getattr(images, "draws_per_sample", None)
+        if callable(draws) and draws():
+            raise ValueError(f"CachedFeatures: {type(images).__name__} draws each training image anew every epoch "
+                             "(e.g. placement: random), so features encoded once would freeze one draw; "
+                             "train without CachedFeatures (data: the DataModule itself)")
         self.images = images
         self._features: dict[str, tuple[Tensor, Tensor]] = {}
 
