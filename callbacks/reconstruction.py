@@ -29,18 +29,26 @@ class ReconstructionGridLogger(Callback):
     images (a warning says so). Display only: a logger that takes no images, or any failure, warns
     once and never stops training.
 
+    Images of other than 1 or 3 channels are shown through `display_bands` (e.g. [3, 2, 1]: true
+    colour for Sentinel-2; one band: grey; default the first three), and `stretch` maps each shown
+    band's 2nd-98th percentile to black..white (`lit_mae.visualize`); `stretch: null` stretches
+    when the images have other than 1 or 3 channels or the DataModule reads them at full depth
+    (16-bit and float data, whose values fill little of the [0, 1] range).
+
     Rank 0 only: under DDP the other ranks draw and write nothing (the run directory is resolved
     once in `setup`, where every rank takes part in Lightning's broadcast of it). Off (a warning)
     under FSDP/ModelParallel, whose sharded weights run only inside every rank's wrapped forward.
     """
 
     def __init__(self, every_n_epochs: int = 10, num_images: int = 8, mask_ratio: float | None = None,
-                 seed: int = 0, dirname: str = "reconstructions") -> None:
+                 seed: int = 0, dirname: str = "reconstructions", display_bands: list[int] | None = None,
+                 stretch: bool | None = None) -> None:
         if every_n_epochs < 1 or num_images < 1:
             raise ValueError(f"ReconstructionGridLogger: every_n_epochs={every_n_epochs} and "
                              f"num_images={num_images} must be at least 1")
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.mask_ratio, self.seed, self.dirname = mask_ratio, seed, dirname
+        self.display_bands, self.stretch = display_bands, stretch
         self._images: list[Tensor] = []  # (b, C, H, W) chunks on the CPU, normalised as the model sees them
         self._captured = False  # set after the first validation: the image set is then fixed
         self._logged_step: int | None = None
@@ -110,7 +118,12 @@ class ReconstructionGridLogger(Callback):
         images = torch.cat(self._images)  # (B, C, H, W)
         mean, std = self._statistics(trainer, images)
         model = getattr(pl_module, "model", pl_module)
-        grid = reconstruction_grid(model, images, mean, std, self.mask_ratio, self.seed)
+        stretch = self.stretch
+        if stretch is None:
+            full_depth = getattr(getattr(trainer, "datamodule", None), "full_depth", False) is True
+            stretch = images.shape[1] not in (1, 3) or full_depth
+        grid = reconstruction_grid(model, images, mean, std, self.mask_ratio, self.seed,
+                                   display_bands=self.display_bands, stretch=stretch)
         return titled(grid, legible_scale(images.shape[-2]))
 
     def _statistics(self, trainer: Trainer, images: Tensor) -> tuple[Sequence[float], Sequence[float]]:

@@ -3,6 +3,11 @@
 `reconstruction_grid` draws one row per image; `titled` makes it legible (small images enlarged,
 nearest neighbour, and a title above each column); `save_png` writes it (the command is
 `lit-mae visualize`, in `lit_mae.cli.visualize`). Pure torch and PIL.
+
+Images of other than 1 or 3 channels are shown through `display_bands` (three bands as red,
+green, blue, or one as grey; default the first three), and `stretch` maps each shown band's 2nd to
+98th percentile over the original images to black..white in every panel (for 16-bit data, whose
+values fill a small part of full scale, and for bands in raw units).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from lit_mae.models.ops import NORM_PIX_EPS, patch_mean_var, patchify, unpatchif
 GREY = 0.5  # removed patches in the masked-input panel
 COLUMN_TITLES = ("original", "masked input", "reconstruction", "visible pasted")
 MIN_CELL = 96  # px: `titled` enlarges smaller images to at least this side
+STRETCH_PERCENTILES = (0.02, 0.98)  # `stretch`: these quantiles of each band become black and white
 
 
 def _as_pixels(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -49,10 +55,33 @@ def predicted_images(images: Tensor, pred: Tensor, patch_size: int, norm_pix_los
     return unpatchify(pred, patch_size, (H // patch_size, W // patch_size), C)
 
 
+def shown_bands(channels: int, display_bands: Sequence[int] | None = None) -> list[int]:
+    """The bands a grid shows: `display_bands` (1 for grey or 3 for RGB, each in [0, channels)),
+    else every band of 1- or 3-channel images, else the first three (the first for 2 channels)."""
+    if display_bands is None:
+        return list(range(channels)) if channels in (1, 3) else list(range(3 if channels > 3 else 1))
+    bands = [int(b) for b in display_bands]
+    if len(bands) not in (1, 3) or any(not 0 <= b < channels for b in bands):
+        raise ValueError(f"display_bands {list(display_bands)}: give 1 band (grey) or 3 (red, green, blue), each "
+                         f"in 0..{channels - 1} (the images have {channels} bands)")
+    return bands
+
+
+def stretch_range(pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, C, H, W) -> each band's (low, high) percentiles (`STRETCH_PERCENTILES`), (1, C, 1, 1) each."""
+    values = pixels.transpose(0, 1).flatten(1).float()  # (C, B*H*W)
+    low, high = torch.quantile(values, torch.tensor(STRETCH_PERCENTILES, device=values.device), dim=1)  # (C,) each
+    high = torch.maximum(high, low + 1e-12)  # a constant band: no division by zero
+    return low.view(1, -1, 1, 1), high.view(1, -1, 1, 1)
+
+
 @torch.no_grad()
 def reconstruction_panels(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
-                          mask_ratio: float | None = None, seed: int = 0) -> Tensor:
-    """(4, B, C, H, W) float pixels in [0, 1]: original, masked input, reconstruction, pasted.
+                          mask_ratio: float | None = None, seed: int = 0, display_bands: Sequence[int] | None = None,
+                          stretch: bool = False) -> Tensor:
+    """(4, B, c, H, W) float pixels in [0, 1]: original, masked input, reconstruction, pasted;
+    c = 1 or 3, the `display_bands` (`shown_bands`), each contrast-stretched with `stretch`
+    (`stretch_range` of the original images, applied to every panel alike).
 
     `model` is a `MaskedAutoencoderViT`; `images` (B, C, H, W) normalised with `mean`/`std`. The
     mask comes from a CPU `torch.Generator` seeded by `seed` (the same on any device).
@@ -71,8 +100,13 @@ def reconstruction_panels(model: nn.Module, images: Tensor, mean: Sequence[float
     grid = (H // p, W // p)
     removed = out.mask.unsqueeze(-1).expand(-1, -1, p * p * C).to(images.dtype)  # (B, L, p*p*C)
     removed = unpatchify(removed, p, grid, C)  # (B, C, H, W), 1 = removed
-    original = _as_pixels(images, mean, std)
-    recon = _as_pixels(predicted_images(images, out.pred.float(), p, config.norm_pix_loss), mean, std)
+    bands = shown_bands(C, display_bands)
+    original = _as_pixels(images, mean, std)[:, bands]  # (B, c, H, W)
+    recon = _as_pixels(predicted_images(images, out.pred.float(), p, config.norm_pix_loss), mean, std)[:, bands]
+    removed = removed[:, bands]
+    if stretch:
+        low, high = stretch_range(original)
+        original, recon = (original - low) / (high - low), (recon - low) / (high - low)
     masked = original * (1 - removed) + GREY * removed
     pasted = recon * removed + original * (1 - removed)
     return torch.stack([original, masked, recon, pasted]).clamp(0, 1).cpu()
@@ -90,11 +124,14 @@ def panels_to_grid(panels: Tensor, pad: int = 1) -> Tensor:
 
 
 def reconstruction_grid(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
-                        mask_ratio: float | None = None, seed: int = 0, pad: int = 1) -> Tensor:
-    """uint8 (C, B*H + (B-1)*pad, 4*W + 3*pad): a row per image of `images` (B, C, H, W), normalised
+                        mask_ratio: float | None = None, seed: int = 0, pad: int = 1,
+                        display_bands: Sequence[int] | None = None, stretch: bool = False) -> Tensor:
+    """uint8 (c, B*H + (B-1)*pad, 4*W + 3*pad): a row per image of `images` (B, C, H, W), normalised
     with `mean`/`std`: original | masked input (removed patches grey) | reconstruction |
-    reconstruction with the visible patches pasted back. A fixed mask drawn from `seed`."""
-    return panels_to_grid(reconstruction_panels(model, images, mean, std, mask_ratio, seed), pad)
+    reconstruction with the visible patches pasted back. A fixed mask drawn from `seed`. c = 1 or
+    3: the `display_bands`, contrast-stretched with `stretch` (`reconstruction_panels`)."""
+    panels = reconstruction_panels(model, images, mean, std, mask_ratio, seed, display_bands, stretch)
+    return panels_to_grid(panels, pad)
 
 
 def save_png(grid: Tensor, path: str | Path, scale: int = 1) -> Path:
