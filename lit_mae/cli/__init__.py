@@ -39,15 +39,16 @@ LIGHTNING_SUBCOMMANDS: dict[str, str] = {
 
 def main(args: list[str] | None = None) -> None:
     """The console scripts' entry point (returns None: a console script exits with what it returns)."""
+    from lit_mae.cli.noise import quiet_known_noise
+
+    quiet_known_noise()
     argv = sys.argv[1:] if args is None else args
     if argv[:1] and argv[0] in OWN_SUBCOMMANDS:
         importlib.import_module(OWN_SUBCOMMANDS[argv[0]].module).main(argv[1:])
         return
     from lit_mae.cli.errors import exit_on_user_error
     from lit_mae.cli.lightning_cli import run_cli
-    from lit_mae.cli.noise import quiet_known_noise
 
-    quiet_known_noise()
     try:
         run_cli(args)
     except Exception as error:  # a bad value or file: its own message as the last line, exit 2
