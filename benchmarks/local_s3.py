@@ -1,7 +1,7 @@
 """A real S3-compatible server on the loopback address (moto's standalone server), for the streaming
 tests and benchmark: started on a free 127.0.0.1 port, stopped after. Not a script.
 
-    with local_s3_server() as endpoint:        # "http://127.0.0.1:PORT"; AWS_* set while inside
+    with local_s3_server() as server:          # server.endpoint: "http://127.0.0.1:PORT"; AWS_* set inside
         upload(folder, "s3://bucket/prefix")
 """
 
@@ -15,10 +15,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 from unittest import mock
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class S3Server(NamedTuple):
+    endpoint: str  # http://127.0.0.1:PORT
+    pid: int  # the server's process (its CPU time is part of what loopback streaming costs)
 
 
 class ServerUnavailable(RuntimeError):
@@ -38,8 +43,8 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def local_s3_server(timeout: float = 30.0) -> Iterator[str]:
-    """moto's server on a free loopback port; its endpoint, with AWS_ENDPOINT_URL and test
+def local_s3_server(timeout: float = 30.0) -> Iterator[S3Server]:
+    """moto's server on a free loopback port (its endpoint and pid), with AWS_ENDPOINT_URL and test
     credentials in os.environ (put back afterwards). ServerUnavailable if it cannot start."""
     try:
         import moto.server  # noqa: F401
@@ -58,7 +63,7 @@ def local_s3_server(timeout: float = 30.0) -> Iterator[str]:
             time.sleep(0.1)
         endpoint = f"http://127.0.0.1:{port}"
         with mock.patch.dict(os.environ, {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}):
-            yield endpoint
+            yield S3Server(endpoint, process.pid)
     finally:
         process.terminate()
         try:

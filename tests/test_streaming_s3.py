@@ -34,10 +34,10 @@ def bucket(tmp_path_factory) -> tuple[str, Path]:
     for split in ("train", "val"):
         main(["prepare", str(where / split), "--digits", "--split", split, "--quiet", "--num-workers", "0"])
     try:
-        with local_s3_server() as endpoint:
+        with local_s3_server() as server:
             for split in ("train", "val"):
                 upload(where / split, f"s3://shards/digits/{split}")
-            yield endpoint, where
+            yield server.endpoint, where
     except ServerUnavailable as error:
         pytest.skip(f"no local S3 server: {error}")
 
