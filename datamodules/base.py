@@ -91,10 +91,11 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
     """Loaders and the device-side normalisation for DataModules built on `ImageSamples`.
 
     Subclasses fill `self.splits` ("train", "val", "test", optionally "predict") in `setup`.
-    `channels`: any count. `depth`: "8bit" reads 1- or 3-channel images as 8-bit (uint8 through
-    the loader, 16-bit files keep their top 8 bits), "full" keeps every file's own depth (the
-    float form), "auto" lets a subclass choose from the data; channels other than 1 and 3 always
-    take the float form (`full_depth`). `array_layout`: the band axis of `.npy` files
+    `channels`: 1 or 3, any count where a subclass allows it (`channel_counts` None). `depth`:
+    "8bit" reads 1- or 3-channel images as 8-bit (uint8 through the loader, 16-bit files keep
+    their top 8 bits), "full" keeps every file's own depth (the float form), "auto" lets a
+    subclass choose from the data; channels other than 1 and 3 always take the float form
+    (`full_depth`). `array_layout`: the band axis of `.npy` files
     (`lit_mae.datamodules.arrays`). `mean`/`std` may stay None until a subclass's `setup`.
     `skipped_files` counts the unreadable files dropped so far in this process; each change is
     logged as `data/skipped_files` to the Trainer's logger. `num_workers=None` chooses the loader
@@ -104,6 +105,7 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
     num_classes: int | None = None
     class_names: list[str] = []
     seed: int = 0  # subclasses take it as an argument: the split, the training order and augmentation
+    channel_counts: tuple[int, ...] | None = (1, 3)  # the `channels` a subclass reads; None: any band count
 
     def __init__(self, image_size: int, channels: int, batch_size: int, num_workers: int | None, pin_memory: bool,
                  persistent_workers: bool, augment: AugmentOption | dict, mean: Sequence[float],
@@ -116,7 +118,10 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}.{field} must be an integer >= {least}, got {value!r}")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"{name}.channels must be an integer >= 1 (any band count), got {channels!r}")
+            raise ValueError(f"{name}.channels must be an integer >= 1, got {channels!r}")
+        if self.channel_counts is not None and channels not in self.channel_counts:
+            raise ValueError(f"{name}.channels must be one of {self.channel_counts}, got {channels!r} (other band "
+                             "counts: ImageFolderDataModule)")
         for field, value, allowed in (("depth", depth, ("auto", "8bit", "full")),
                                       ("array_layout", array_layout, ("auto", "CHW", "HWC"))):
             if value not in allowed:

@@ -117,6 +117,8 @@ class ImageFolderDataModule(BaseImageDataModule):
     evaluation resizes to image_size / crop_pct and center-crops.
     """
 
+    channel_counts = None  # any band count
+
     def __init__(self, root: str, labels: LabelSource = "folders", val_root: str | None = None,
                  test_root: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0,
                  seed: int = 0, image_size: int = 224, channels: int = 3, augment: AugmentOption = "pretrain",

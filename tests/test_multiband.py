@@ -217,3 +217,11 @@ def test_random_erasing_works_on_13_bands(tmp_path: Path):
     assert a.shape == b.shape == (13, 16, 16)
     changed = (a != b).any(0)  # (16, 16): the erased box, the same in every band
     assert 0 < changed.sum() < 16 * 16
+
+
+def test_datamodules_of_rgb_sources_refuse_other_band_counts_by_name():
+    from lit_mae.datamodules import SyntheticDataModule
+
+    with pytest.raises(ValueError, match=r"SyntheticDataModule\.channels must be one of \(1, 3\), got 13 "
+                                         r"\(other band counts: ImageFolderDataModule\)"):
+        SyntheticDataModule(channels=13)
