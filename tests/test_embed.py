@@ -205,3 +205,32 @@ def test_a_datamodule_at_another_size_is_named(mae_ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "gives 32x32 images and the model takes 16x16" in err and "--image-size 32" in err
+
+
+@pytest.mark.parametrize("bands", [1, 4])  # a 16-bit grey PNG, a 16-bit 4-band TIFF
+def test_sixteen_bit_folders_are_embedded_at_full_depth(bands, tmp_path, one_thread):
+    import tifffile
+
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(MAEConfig(**tiny_config_values(in_chans=bands)))
+    torch.save(lightning_checkpoint(model), tmp_path / "weights.ckpt")
+    values = np.array([1000, 20000, 40000, 65535][:bands], dtype=np.uint16)  # one value a band: resizing keeps it
+    tiles = {"a": values, "b": values ^ np.uint16(0x007F)}  # same top 8 bits, other low bits
+    (tmp_path / "tiles").mkdir()
+    files = {}
+    for name, band_values in tiles.items():
+        planes = np.broadcast_to(band_values[:, None, None], (bands, 20, 20)).copy()
+        if bands == 1:
+            files[name] = tmp_path / "tiles" / f"{name}.png"
+            Image.fromarray(planes[0]).save(files[name])  # mode I;16
+        else:
+            files[name] = tmp_path / "tiles" / f"{name}.tif"
+            tifffile.imwrite(files[name], planes, photometric="minisblack", planarconfig="separate")
+    run("--ckpt", str(tmp_path / "weights.ckpt"), "--data", str(tmp_path / "tiles"), "--output",
+        str(tmp_path / "rows.npy"), "--mean", *["0.5"] * bands, "--std", *["0.25"] * bands)
+    rows = rows_by_path(tmp_path / "rows.npy")
+    extractor = load_feature_extractor(tmp_path / "weights.ckpt")
+    for name, band_values in tiles.items():  # the features of the exact 16-bit values (fractions of 65535)
+        image = torch.from_numpy(band_values.astype(np.float32) / 65535).view(1, bands, 1, 1).expand(1, bands, 16, 16)
+        expected = extractor((image - 0.5) / 0.25)[1][0].detach().numpy()
+        np.testing.assert_allclose(rows[str(files[name])], expected, rtol=0, atol=1e-4)

@@ -59,6 +59,7 @@ class FolderImages(ImageFolderDataModule):
             raise FileNotFoundError(f"--data: folder {root} does not exist")
         files, targets, classes = list_samples(root, self.labels, None, "root")
         self.class_names, self.num_classes = classes, (len(classes) or None)
+        self._resolve_depth(files)  # 16-bit and N-band files keep their depth, as in training
         self.splits["predict"] = ImageSamples(files, targets, self.eval_pipeline(), self.strict)
 
     def predict_dataloader(self) -> DataLoader:
@@ -69,7 +70,8 @@ class FolderImages(ImageFolderDataModule):
         kept = [sample for sample in samples if sample is not None]
         if not kept:  # (0, C, S, S): the writer finds the unreadable files and names them
             size = (0, self.channels, self.image_size, self.image_size)
-            return LoadedBatch(torch.zeros(size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), len(samples))
+            dtype = torch.float32 if self.full_depth else torch.uint8
+            return LoadedBatch(torch.zeros(size, dtype=dtype), torch.zeros(0, dtype=torch.long), len(samples))
         pixels, labels = default_collate(kept)
         return LoadedBatch(pixels, labels, len(samples) - len(kept))
 

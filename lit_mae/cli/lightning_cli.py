@@ -200,8 +200,9 @@ class LitMAECLI(LightningCLI):
                             help="after fit, test the best checkpoint (or the final weights) and print the metrics")
 
     def after_fit(self) -> None:
+        summary = fit_summary(self.trainer)  # on every rank: under DDP `trainer.log_dir` is a collective
         if self.trainer.is_global_zero:
-            print("\n" + fit_summary(self.trainer), flush=True)
+            print("\n" + summary, flush=True)
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         callback = self.trainer.checkpoint_callback

@@ -58,7 +58,8 @@ def _grids(trainer: Trainer) -> str | None:
 
 
 def fit_summary(trainer: Trainer) -> str:
-    """A few lines: the run's folder, checkpoints, grids, how to watch the logs, the latest metrics."""
+    """A few lines: the run's folder, checkpoints, grids, how to watch the logs, the latest metrics.
+    Call it on every rank (it reads `trainer.log_dir`, a broadcast from rank 0 under DDP)."""
     run = Path(trainer.log_dir or trainer.default_root_dir)
     lines = [f"fit finished after {trainer.current_epoch} epochs, {trainer.global_step} steps; run folder {run}"]
     metrics = latest_metrics(trainer)
