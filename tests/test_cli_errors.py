@@ -3,6 +3,7 @@ status 2, without jsonargparse's and Lightning's traceback; LIT_MAE_TRACEBACK=1 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,15 @@ def test_a_split_left_empty_at_setup_is_named_too(lit_mae_main, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert (f"ImageFolderDataModule: val_fraction=0.9 and test_fraction=0.0 of the 1 images under {folder} "
             "leave the training split empty") in err
+
+
+def test_a_missing_optional_extra_says_what_to_install(lit_mae_main, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "litdata", None)  # as if `lit-mae[streaming]` were not installed
+    data = ["--data", "lit_mae.datamodules.StreamingDataModule", f"--data.init_args.input_dir={tmp_path / 'shards'}",
+            "--data.init_args.image_size=16"]
+    code, _, err = lit_mae_main(tmp_path, [*PRETRAIN, *tiny_cli_args(), *data])
+    assert code == 2 and "Traceback" not in err, err[-3000:]  # before: a traceback ending in the hint
+    assert 'pip install "lit-mae[streaming]"' in err.strip().splitlines()[-2]
 
 
 def test_the_traceback_switch_shows_the_whole_error(lit_mae_main, tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ import sys
 from types import TracebackType
 
 TRACEBACK_ENV = "LIT_MAE_TRACEBACK"
-USER_ERRORS = (ValueError, TypeError, OSError)  # what lit-mae raises for bad input (files, values)
+# what lit-mae raises for bad input (files, values) and for an optional extra that is not installed
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 
 
 def _raised_here(tb: TracebackType | None) -> bool:
@@ -27,12 +28,16 @@ def _raised_here(tb: TracebackType | None) -> bool:
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """The innermost exception of `error`'s chain that lit-mae itself raised for bad input, or None."""
+    """The innermost exception of `error`'s chain that lit-mae itself raised for bad input, or None.
+    One that lit-mae raised `from` another says what that one meant (e.g. which extra to install for
+    a failed import): the search stops there."""
     found, seen, current = None, set(), error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, USER_ERRORS) and _raised_here(current.__traceback__):
             found = current
+            if current.__cause__ is not None:
+                break
         current = current.__cause__ or current.__context__
     return found
 
