@@ -11,12 +11,16 @@ Band axis: TIFF files say which axes are Y and X (tifffile's series axes); the o
 bands. `.npy` files do not: `layout` "CHW" or "HWC" fixes it, "auto" takes the axis (first or
 last) whose length is `channels`, the first when both are, else the shorter of the two (which
 the band count check then names).
+
+Sources: a path, or an in-memory file that carries its format's `suffix` as a path would (a shard
+record, `lit_mae.datamodules.shards.NamedBytes`): the same reader, the same values.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,15 +46,15 @@ class BandCountError(UnreadableImageError):
         super().__init__(path, f"it has {bands} band(s) but the DataModule's channels is {channels}")
 
 
-def read_array(path: str | Path, channels: int, layout: ArrayLayout = "auto") -> np.ndarray:
+def read_array(path: Any, channels: int, layout: ArrayLayout = "auto") -> np.ndarray:
     """The file's pixels as (C, H, W) in its own dtype, C == `channels` (a one-band file is repeated
     for `channels: 3`, as the 8-bit reader does); `BandCountError` for another band count,
     `UnreadableImageError` for anything unreadable. `.npy` files are memory-mapped: a crop of the
     result reads only its rows."""
-    suffix = Path(path).suffix.lower()
+    suffix = suffix_of(path)
     try:
         if suffix in ARRAY_SUFFIXES:
-            array = _bands_first(np.load(path, mmap_mode="r", allow_pickle=False), channels, layout, path)
+            array = _bands_first(_load_npy(path), channels, layout, path)
         elif suffix in TIFF_SUFFIXES:
             array = _read_tiff(path, channels, layout)
         else:
@@ -66,13 +70,13 @@ def read_array(path: str | Path, channels: int, layout: ArrayLayout = "auto") ->
     raise BandCountError(path, array.shape[0], channels)
 
 
-def is_eight_bit(path: str | Path, layout: ArrayLayout = "auto") -> bool:
+def is_eight_bit(path: Any, layout: ArrayLayout = "auto") -> bool:
     """Whether a file holds 8-bit pixels (read from its header, not its pixels where the format
     allows): decides `depth: auto`."""
-    suffix = Path(path).suffix.lower()
+    suffix = suffix_of(path)
     try:
         if suffix in ARRAY_SUFFIXES:
-            return np.load(path, mmap_mode="r", allow_pickle=False).dtype == np.uint8
+            return _load_npy(path).dtype == np.uint8
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -84,6 +88,16 @@ def is_eight_bit(path: str | Path, layout: ArrayLayout = "auto") -> bool:
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
 
 
+def suffix_of(source: Any) -> str:
+    """The lower-case suffix the readers dispatch on: a path's, or an in-memory file's `suffix`."""
+    return (source.suffix if hasattr(source, "suffix") else Path(source).suffix).lower()
+
+
+def _load_npy(source: Any) -> np.ndarray:
+    """A .npy array: memory-mapped from a path, read whole from an in-memory file (no file to map)."""
+    return np.load(source, mmap_mode="r" if isinstance(source, (str, os.PathLike)) else None, allow_pickle=False)
+
+
 def to_unit(array: np.ndarray) -> Tensor:
     """float32 (C, H, W) in the image's own unit (module docstring): exact for 16-bit values."""
     values = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
@@ -91,7 +105,7 @@ def to_unit(array: np.ndarray) -> Tensor:
     return values.div_(scale) if scale is not None else values
 
 
-def read_full(path: str | Path, channels: int, plan: CropPlan | None = None, size: tuple[int, int] | None = None,
+def read_full(path: Any, channels: int, plan: CropPlan | None = None, size: tuple[int, int] | None = None,
               interpolation: InterpolationMode = InterpolationMode.BICUBIC, layout: ArrayLayout = "auto") -> Tensor:
     """float32 (C, H, W) in the image's own unit (`to_unit`); with `plan` and `size`, the planned
     box (of the (H, W) image) resized to `size` (antialiased; bicubic may overshoot the range a
@@ -118,7 +132,7 @@ def _bands_first(array: np.ndarray, channels: int, layout: ArrayLayout, path: st
     return array if layout == "CHW" else np.moveaxis(array, -1, 0)
 
 
-def _read_tiff(path: str | Path, channels: int, layout: ArrayLayout) -> np.ndarray:
+def _read_tiff(path: Any, channels: int, layout: ArrayLayout) -> np.ndarray:
     try:
         import tifffile
     except ImportError as error:
@@ -134,7 +148,7 @@ def _read_tiff(path: str | Path, channels: int, layout: ArrayLayout) -> np.ndarr
     return _bands_first(array, channels, layout, path)
 
 
-def _read_pil(path: str | Path, channels: int) -> np.ndarray:
+def _read_pil(path: Any, channels: int) -> np.ndarray:
     """PNG, JPEG, ... : 16-bit grey as uint16, 32-bit float as float32, else 8-bit via `to_channels`."""
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened)

@@ -13,8 +13,10 @@ float32 instead (`transforms.Normalised`); `mean`/`std` are then in the image's 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
-from typing import Any, Literal, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from lightning.fabric.utilities.data import suggested_max_num_workers
@@ -22,16 +24,19 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from lit_mae.datamodules.arrays import ArrayLayout
+from lit_mae.datamodules.arrays import ArrayLayout, is_eight_bit
 from lit_mae.datamodules.batch import Batch, LoadedBatch, read_batch
 from lit_mae.datamodules.images import UnreadableImageError
 from lit_mae.datamodules.sampling import ResumableTrainData, train_loader
+from lit_mae.datamodules.statistics import channel_statistics, unit_reader
 from lit_mae.datamodules.transforms import Augment, AugmentOption, Pipeline, pipeline, resolve_augment
 
 MAX_AUTO_WORKERS = 8  # `num_workers: null` takes at most this many loader processes per device
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Depth = Literal["auto", "8bit", "full"]  # how deep pixels stay on the way in (`BaseImageDataModule`)
+Normalize = Literal["auto", "imagenet"]  # where mean/std come from when not given (`initial_statistics`)
+DEPTH_PROBES = 8  # `depth: auto` looks at up to this many training sources for a readable one
 
 
 def declared_statistics(datamodule: object) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -43,6 +48,31 @@ def declared_statistics(datamodule: object) -> tuple[tuple[float, ...], tuple[fl
         if mean and std and len(mean) == len(std):
             return tuple(float(m) for m in mean), tuple(float(s) for s in std)
     return None
+
+
+def imagenet_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean/std for 3 channels; their average for 1 (grey never gets the RGB triple)."""
+    if channels == 1:
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def initial_statistics(name: str, channels: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                       normalize: Normalize | None) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+    """The mean/std a DataModule starts from (`normalize`: see `ImageFolderDataModule`): those given;
+    ImageNet's for 1 or 3 channels unless `normalize: auto` (provisional: `_resolve_statistics` computes
+    them for deeper data); None (computed in `setup`) otherwise. ImageNet's RGB triple asked for grey
+    becomes its average."""
+    if normalize not in (None, "auto", "imagenet"):
+        raise ValueError(f"{name}.normalize must be 'auto', 'imagenet' or null, got {normalize!r}")
+    if mean is None and std is None and normalize != "auto" and channels in (1, 3):
+        return imagenet_statistics(channels)
+    if mean is None and normalize == "imagenet":
+        raise ValueError(f"{name}.normalize: 'imagenet' has statistics for 1 or 3 channels, "
+                         f"not {channels}; use normalize: auto or give mean/std")
+    if channels == 1 and tuple(mean or ()) == IMAGENET_MEAN and tuple(std or ()) == IMAGENET_STD:
+        return imagenet_statistics(1)
+    return mean, std
 
 
 class ImageSamples(Dataset):
@@ -149,6 +179,32 @@ class BaseImageDataModule(ResumableTrainData, LightningDataModule):
     def full_depth(self) -> bool:
         """Whether images take the float form (their own depth, normalised in the workers)."""
         return self.channels not in (1, 3) or self.depth == "full"
+
+    def _resolve_depth(self, sources: Iterable[Any]) -> None:
+        """`depth: auto` -> "8bit" when the first readable of the first `DEPTH_PROBES` training
+        sources (files, or shard records) is 8-bit, else "full"."""
+        if self.depth != "auto":
+            return
+        self.depth = "8bit"
+        for source in itertools.islice(sources, DEPTH_PROBES):
+            try:
+                self.depth = "8bit" if is_eight_bit(source) else "full"
+                return
+            except UnreadableImageError:
+                continue
+
+    def _resolve_statistics(self, keys: Sequence[Any], given: bool, normalize: Normalize | None, where: str,
+                            open_key: Callable[[Path], Any] = lambda path: path) -> None:
+        """Compute mean/std from a sample of the training split (seeded by `seed`) unless `given` (or
+        ImageNet's fit 8-bit data), and store them in the hyper-parameters (checkpoints then rebuild
+        the same normalisation). `keys` name the training sources for `channel_statistics`, which
+        reads `open_key(Path(key))` (the path itself for files)."""
+        if given or not (normalize == "auto" or (normalize is None and self.full_depth)):
+            return
+        read = unit_reader(self.channels, self.full_depth, self.array_layout)
+        self.mean, self.std = channel_statistics(keys, lambda key: read(open_key(key)), seed=self.seed,
+                                                 owner=f"{type(self).__name__} (normalize: auto, {where})")
+        self.hparams["mean"], self.hparams["std"] = list(self.mean), list(self.std)
 
     def train_pipeline(self) -> Pipeline:
         return pipeline(self.augment, self.image_size, self.channels, self.mean, self.std, self.crop_pct,

@@ -7,25 +7,23 @@ import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
-from lit_mae.datamodules.arrays import ArrayLayout, is_eight_bit
+from lit_mae.datamodules.arrays import ArrayLayout
 from lit_mae.datamodules.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     BaseImageDataModule,
     Depth,
     ImageSamples,
+    Normalize,
     check_fractions,
+    imagenet_statistics,  # noqa: F401 (moved to base; importable from here as before)
+    initial_statistics,
     plain_augment,
     split_indices,
 )
-from lit_mae.datamodules.images import IMAGE_SUFFIXES, UnreadableImageError
-from lit_mae.datamodules.statistics import channel_statistics, unit_reader
+from lit_mae.datamodules.images import IMAGE_SUFFIXES
 from lit_mae.datamodules.transforms import AugmentOption
 
 LabelSource = Literal["folders", "none"]
-Normalize = Literal["auto", "imagenet"]
 SUFFIXES = IMAGE_SUFFIXES + (".npy",)  # .npy: arrays (C, H, W) or (H, W, C), see `array_layout`
-DEPTH_PROBES = 8  # `depth: auto` looks at up to this many training files for a readable one
 
 
 def find_images(root: Path) -> list[Path]:
@@ -126,16 +124,8 @@ class ImageFolderDataModule(BaseImageDataModule):
                  persistent_workers: bool = True, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, crop_pct: float = 0.875, strict: bool = False,
                  normalize: Normalize | None = None, depth: Depth = "auto", array_layout: ArrayLayout = "auto") -> None:
-        if normalize not in (None, "auto", "imagenet"):
-            raise ValueError(f"ImageFolderDataModule.normalize must be 'auto', 'imagenet' or null, got {normalize!r}")
         self.statistics_given = mean is not None
-        if mean is None and std is None and normalize != "auto" and channels in (1, 3):
-            mean, std = imagenet_statistics(channels)  # provisional unless `setup` finds deeper data
-        elif mean is None and normalize == "imagenet":
-            raise ValueError(f"ImageFolderDataModule.normalize: 'imagenet' has statistics for 1 or 3 channels, "
-                             f"not {channels}; use normalize: auto or give mean/std")
-        elif channels == 1 and tuple(mean or ()) == IMAGENET_MEAN and tuple(std or ()) == IMAGENET_STD:
-            mean, std = imagenet_statistics(1)  # ImageNet's RGB statistics asked for grey: their average
+        mean, std = initial_statistics("ImageFolderDataModule", channels, mean, std, normalize)
         super().__init__(image_size, channels, batch_size, num_workers, pin_memory, persistent_workers,
                          augment, mean, std, crop_pct, strict, depth, array_layout)
         self.normalize_by = normalize  # (not `normalise`, the method that normalises a batch)
@@ -167,38 +157,9 @@ class ImageFolderDataModule(BaseImageDataModule):
                 found, found_targets, _ = list_samples(folder, self.labels, classes, f"{split}_root")
                 samples[split] = (found, found_targets)
         self._resolve_depth(samples["train"][0])
-        self._resolve_statistics(samples["train"][0])
+        self._resolve_statistics(samples["train"][0], self.statistics_given, self.normalize_by, self.root)
         train_load, eval_load = self.train_pipeline(), self.eval_pipeline()
         for split, (split_files, split_targets) in samples.items():
             if split_files:
                 load = train_load if split == "train" else eval_load
                 self.splits[split] = ImageSamples(split_files, split_targets, load, self.strict)
-
-    def _resolve_depth(self, files: list[Path]) -> None:
-        """`depth: auto` -> "8bit" when the first readable training file is 8-bit, else "full"."""
-        if self.depth != "auto":
-            return
-        self.depth = "8bit"
-        for path in files[:DEPTH_PROBES]:
-            try:
-                self.depth = "8bit" if is_eight_bit(path) else "full"
-                return
-            except UnreadableImageError:
-                continue
-
-    def _resolve_statistics(self, files: list[Path]) -> None:
-        """Compute mean/std from the training split unless given (or ImageNet's fit 8-bit data),
-        and store them in the hyper-parameters (checkpoints then rebuild the same normalisation)."""
-        if self.statistics_given or not (self.normalize_by == "auto" or (self.normalize_by is None and self.full_depth)):
-            return
-        read = unit_reader(self.channels, self.full_depth, self.array_layout)
-        self.mean, self.std = channel_statistics(files, read, seed=self.seed,
-                                                 owner=f"ImageFolderDataModule (normalize: auto, {self.root})")
-        self.hparams["mean"], self.hparams["std"] = list(self.mean), list(self.std)
-
-
-def imagenet_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet's mean/std for 3 channels; their average for 1 (grey never gets the RGB triple)."""
-    if channels == 1:
-        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
-    return IMAGENET_MEAN, IMAGENET_STD

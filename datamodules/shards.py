@@ -5,15 +5,19 @@ A shard folder holds LitData's `index.json` and `chunk-*.bin` files, one record 
 `lit-mae.json` (`ShardInfo`: the class names and how the images were encoded). The records are
 written in the order of the collection (sorted files, dataset order), whatever `num_workers`:
 workers check and encode, one writer appends. Files are kept byte for byte by default (checked
-by decoding them, cheaply: JPEGs at 1/8 scale); `max_side` re-encodes each image as a JPEG no
-larger than `max_side` on its longer side (ImageNet's "resize once"). Pixels without a file
-(CIFAR, the digits) are stored as PNG, losslessly. The folder appears whole or not at all: it is
+by decoding them with the reader training uses: JPEGs at 1/8 scale, `.npy` arrays and TIFF
+(multi-band, 16-bit) with `lit_mae.datamodules.arrays`'s readers, so every band and bit stays);
+`max_side` re-encodes each image as an 8-bit JPEG no larger than `max_side` on its longer side
+(ImageNet's "resize once") and refuses files that a JPEG would cut down (`DepthLossError`: 16-bit
+or float pixels, band counts other than 1 and 3, `.npy` arrays). Pixels without a file (CIFAR,
+the digits) are stored as PNG, losslessly. The folder appears whole or not at all: it is
 written beside its final name and renamed into place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -25,6 +29,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from lit_mae.datamodules.arrays import ARRAY_SUFFIXES, TIFF_SUFFIXES, BandCountError, read_array
 from lit_mae.datamodules.images import to_channels
 
 INFO_FILE = "lit-mae.json"  # ShardInfo, beside LitData's index.json
@@ -72,6 +77,30 @@ def read_info(text: str, where: str) -> ShardInfo:
         raise ValueError(f"{where}: not a lit-mae shard description ({error})") from error
 
 
+class NamedBytes(io.BytesIO):
+    """An encoded image in memory that reads like a file: `name` names it in messages, `suffix`
+    (`.tif`, `.npy`, `.jpg`, ...) says its format to the readers as a path's suffix would."""
+
+    def __init__(self, data: bytes, name: str, suffix: str = "") -> None:
+        super().__init__(data)
+        self.name, self.suffix = name, suffix.lower()
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DepthLossError(ValueError):
+    """`max_side` asked to re-encode, as an 8-bit JPEG, a file that would lose bits or bands."""
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__(f"--max-side re-encodes images as 8-bit JPEGs, but {name} {what}: a JPEG would lose "
+                         "its depth or bands; prepare without --max-side (its bytes are then kept as they are)")
+        self.name, self.what = name, what
+
+    def __reduce__(self) -> tuple:  # raised in a worker process, re-raised in the writer's
+        return type(self), (self.name, self.what)
+
+
 class Encoded(NamedTuple):
     image: bytes | None  # None: unreadable
     label: int
@@ -99,9 +128,39 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def _has_tifffile() -> bool:
+    return importlib.util.find_spec("tifffile") is not None
+
+
+def _array_reader(suffix: str) -> bool:
+    """Whether files of `suffix` are checked with `read_array` (arrays, and TIFF when tifffile is
+    installed: Pillow reads only the first band of a multi-band TIFF); else with Pillow."""
+    return suffix in ARRAY_SUFFIXES or (suffix in TIFF_SUFFIXES and _has_tifffile())
+
+
+def _read_any_bands(file: NamedBytes) -> np.ndarray | None:
+    """The file's pixels (C, H, W) when it has 1 or 3 bands, None for any other band count (read
+    whole either way); `UnreadableImageError` when unreadable."""
+    try:
+        return read_array(file, channels=3)
+    except BandCountError:
+        return None
+
+
+def _check_jpeg_safe(name: str, suffix: str, pixels: np.ndarray | None) -> None:
+    """`DepthLossError` unless a file read by `_read_any_bands` holds 8-bit pixels of 1 or 3 bands."""
+    if suffix in ARRAY_SUFFIXES:
+        raise DepthLossError(name, "is an array")
+    if pixels is None:
+        raise DepthLossError(name, "has other than 1 or 3 bands")
+    if pixels.dtype != np.uint8:
+        raise DepthLossError(name, f"holds {pixels.dtype} pixels")
+
+
 class Encoder:
     """`Item` -> `Encoded` (picklable, for worker processes): files checked (decoded) unless
-    `verify` is false, and re-encoded when `max_side` is set; pixels as PNG (JPEG with `max_side`)."""
+    `verify` is false, and re-encoded when `max_side` is set (`DepthLossError` for files that an
+    8-bit JPEG would cut down); pixels as PNG (JPEG with `max_side`)."""
 
     def __init__(self, max_side: int | None = None, quality: int = 90, verify: bool = True) -> None:
         self.max_side, self.quality, self.verify = max_side, quality, verify
@@ -112,17 +171,27 @@ class Encoder:
                 return Encoded(_png(item.source), item.label, item.name)
             return Encoded(_jpeg(Image.open(io.BytesIO(_png(item.source))), self.max_side, self.quality),
                            item.label, item.name)
+        suffix = Path(item.source).suffix.lower()
         try:
             data = Path(item.source).read_bytes()
             if self.max_side is None and not self.verify:
                 return Encoded(data, item.label, item.name)
+            if _array_reader(suffix):
+                pixels = _read_any_bands(NamedBytes(data, item.name, suffix))  # the check: read whole
+                if self.max_side is None:
+                    return Encoded(data, item.label, item.name)
+                _check_jpeg_safe(item.name, suffix, pixels)
             with Image.open(io.BytesIO(data)) as image:
                 if self.max_side is not None:
+                    if image.mode.startswith(("I", "F")):  # 16- or 32-bit integers, floats
+                        raise DepthLossError(item.name, f"holds {image.mode} pixels")
                     return Encoded(_jpeg(image, self.max_side, self.quality), item.label, item.name)
                 if image.format == "JPEG":
                     image.draft("RGB", (1, 1))  # decode at 1/8 scale: still reads every byte
                 image.load()
             return Encoded(data, item.label, item.name)
+        except DepthLossError:
+            raise  # the whole collection needs another choice, not this file skipped
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             return Encoded(None, item.label, item.name, f"{type(error).__name__}: {error}")
 
@@ -169,13 +238,17 @@ def write_shards(items: Sequence[Item], output: str | Path, source: str, classes
     encode = Encoder(max_side, quality, verify)
     with _mapper(num_workers) as map_items, tqdm(total=len(items), unit="img", desc="prepare", disable=not progress,
                                                   dynamic_ncols=True) as bar:
-        for encoded in map_items(encode, items):
-            bar.update(1)
-            if encoded.image is None:
-                skipped.append(f"{encoded.name}: {encoded.error}")
-                continue
-            writer.add_item(written, {"image": encoded.image, "label": encoded.label, "name": encoded.name})
-            written, size = written + 1, size + len(encoded.image)
+        try:
+            for encoded in map_items(encode, items):
+                bar.update(1)
+                if encoded.image is None:
+                    skipped.append(f"{encoded.name}: {encoded.error}")
+                    continue
+                writer.add_item(written, {"image": encoded.image, "label": encoded.label, "name": encoded.name})
+                written, size = written + 1, size + len(encoded.image)
+        except DepthLossError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     if not written:
         shutil.rmtree(staging)
         raise ValueError(f"no readable images in {source} ({len(skipped)} unreadable); nothing written")

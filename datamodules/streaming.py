@@ -9,6 +9,10 @@ used: the order they give depends on the number of workers and processes, and a 
 does not restore their position. Under DDP Lightning deals each rank a disjoint share of every
 epoch's order. From object storage each image is one ranged read of its chunk (no chunk is
 downloaded whole and nothing fills the disk cache); see docs/streaming.md.
+
+Each record's bytes reach the pipeline as a `NamedBytes` carrying its file's suffix, so any
+channel count and depth is read as its file would be (multi-band TIFF, `.npy`, 16-bit PNG: the
+same pixels as `ImageFolderDataModule`'s, docs/multiband.md).
 """
 
 from __future__ import annotations
@@ -19,8 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD, BaseImageDataModule, ImageSamples, plain_augment
-from lit_mae.datamodules.shards import INFO_FILE, ShardInfo, read_info
+from lit_mae.datamodules.arrays import ArrayLayout
+from lit_mae.datamodules.base import (
+    BaseImageDataModule,
+    Depth,
+    ImageSamples,
+    Normalize,
+    initial_statistics,
+    plain_augment,
+)
+from lit_mae.datamodules.shards import INFO_FILE, NamedBytes, ShardInfo, read_info
 from lit_mae.datamodules.transforms import AugmentOption, Pipeline
 
 INSTALL_HINT = 'pip install "lit-mae[streaming]"'
@@ -37,17 +49,6 @@ def require_litdata(who: str = "StreamingDataModule") -> Any:
 
 def is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
-
-
-class NamedBytes(io.BytesIO):
-    """An encoded image in memory that reads like a file to PIL and names its record in messages."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self.name = name
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class ShardRecords:
@@ -91,6 +92,12 @@ class ShardRecords:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.dataset()[int(index)]
 
+    def file(self, index: int) -> tuple[NamedBytes, int]:
+        """Record `index` as (its image, read like its file, named by folder, index and name; its label)."""
+        item = self[index]
+        name = item.get("name", "?")
+        return NamedBytes(item["image"], f"{self.location}[{index}] ({name})", Path(name).suffix), int(item["label"])
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": None}  # a worker opens its own
 
@@ -118,9 +125,22 @@ class ShardSamples(ImageSamples):
         super().__init__(records, records, load, strict)
 
     def record(self, index: int) -> tuple[NamedBytes, int]:
-        item = self.sources[index]
-        name = f"{self.sources.location}[{index}] ({item.get('name', '?')})"
-        return NamedBytes(item["image"], name), int(item["label"])
+        return self.sources.file(index)
+
+
+class RecordKeys(Sequence[str]):
+    """"0", "1", ...: keys of the records for `channel_statistics`, which reads `Path(key)`."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> str:  # (no slices: channel_statistics indexes one at a time)
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return str(index)
 
 
 class StreamingDataModule(BaseImageDataModule):
@@ -138,19 +158,29 @@ class StreamingDataModule(BaseImageDataModule):
     image_size / crop_pct and center-crops), kept as uint8 in the workers and normalised on the
     device; an unreadable record is skipped with a warning and counted (`strict: true` stops).
     The training order and augmentation follow (seed, epoch) and resume mid-epoch.
+
+    Beyond 8-bit RGB, as `ImageFolderDataModule` (docs/multiband.md): `channels` is any band count;
+    multi-band TIFF, `.npy` (band axis: `array_layout`) and 16-bit PNG/TIFF records keep their
+    depth; `depth: auto` decides from the first readable training record; `normalize: auto` (or
+    unset, for data read at full depth) computes mean/std from a seeded sample of the training
+    shards in `setup` and stores them in the hyper-parameters.
     """
+
+    channel_counts = None  # any band count
 
     def __init__(self, input_dir: str, val_dir: str | None = None, test_dir: str | None = None,
                  cache_dir: str | None = None, storage_options: dict | None = None, seed: int = 0,
                  image_size: int = 224, channels: int = 3, augment: AugmentOption = "pretrain",
                  batch_size: int = 64, num_workers: int = 8, pin_memory: bool = True,
-                 persistent_workers: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, crop_pct: float = 0.875, strict: bool = False) -> None:
+                 persistent_workers: bool = True, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, crop_pct: float = 0.875, strict: bool = False,
+                 normalize: Normalize | None = None, depth: Depth = "auto", array_layout: ArrayLayout = "auto") -> None:
         require_litdata()
-        if channels == 1 and tuple(mean) == IMAGENET_MEAN and tuple(std) == IMAGENET_STD:
-            mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+        self.statistics_given = mean is not None
+        mean, std = initial_statistics("StreamingDataModule", channels, mean, std, normalize)
         super().__init__(image_size, channels, batch_size, num_workers, pin_memory, persistent_workers,
-                         augment, mean, std, crop_pct, strict)
+                         augment, mean, std, crop_pct, strict, depth, array_layout)
+        self.normalize_by = normalize
         for field, value in (("input_dir", input_dir), ("val_dir", val_dir), ("test_dir", test_dir)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"StreamingDataModule.{field} must be a folder path or URI, got {value!r}")
@@ -165,11 +195,12 @@ class StreamingDataModule(BaseImageDataModule):
         folders = {"train": ("input_dir", self.input_dir), "val": ("val_dir", self.val_dir),
                    "test": ("test_dir", self.test_dir)}
         classes: list[str] | None = None
+        records: dict[str, ShardRecords] = {}
         for split, (field, location) in folders.items():
             if location is None:
                 continue
-            records = ShardRecords(location, self.cache_dir, self.storage_options, field)
-            info = records.info()
+            records[split] = ShardRecords(location, self.cache_dir, self.storage_options, field)
+            info = records[split].info()
             found = info.classes if info is not None else []
             if classes is None:
                 classes = found
@@ -177,7 +208,12 @@ class StreamingDataModule(BaseImageDataModule):
                 raise ValueError(f"StreamingDataModule.{field}: the shards at {location} have {len(found)} classes "
                                  f"{found[:3]}..., those at input_dir {self.input_dir} {len(classes)} "
                                  f"{classes[:3]}...; prepare both from folders with the same classes")
+        train = records["train"]
+        self._resolve_depth(train.file(index)[0] for index in range(len(train)))
+        self._resolve_statistics(RecordKeys(len(train)), self.statistics_given, self.normalize_by, self.input_dir,
+                                 lambda key: train.file(int(key.name))[0])
+        for split, shards in records.items():
             load = self.train_pipeline() if split == "train" else self.eval_pipeline()
-            self.splits[split] = ShardSamples(records, load, self.strict)
+            self.splits[split] = ShardSamples(shards, load, self.strict)
         self.class_names = classes or []
         self.num_classes = len(self.class_names) or None

@@ -3,11 +3,13 @@ for `StreamingDataModule`.
 
 Writes one shard folder (LitData's index.json and chunk files, plus lit-mae.json) from an image
 folder (class sub-folders, or any tree with --labels none), torchvision's CIFAR archives, or
-scikit-learn's digits. Files are kept byte for byte, after checking that they decode; with
---max-side N each image is re-encoded as a JPEG whose longer side is at most N (resize once, for
-ImageNet-style training at 224). Unreadable files are skipped and named in the summary. An
-existing shard folder is replaced only with --overwrite. Upload the folder to object storage as
-it is (e.g. `aws s3 cp --recursive OUTPUT s3://bucket/prefix`) to stream it from there.
+scikit-learn's digits. Files are kept byte for byte, after checking that they decode (multi-band
+TIFF, .npy arrays and 16-bit PNG/TIFF with the multi-band readers: every band and bit is kept);
+with --max-side N each image is re-encoded as an 8-bit JPEG whose longer side is at most N (resize
+once, for ImageNet-style training at 224), and a 16-bit, float or N-band file ends the command
+with an error naming it rather than losing depth. Unreadable files are skipped and named in the
+summary. An existing shard folder is replaced only with --overwrite. Upload the folder to object
+storage as it is (e.g. `aws s3 cp --recursive OUTPUT s3://bucket/prefix`) to stream it from there.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=16, help="digits: side in pixels (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="digits: the split's seed (DigitsDataModule.seed)")
     parser.add_argument("--max-side", type=int, default=None,
-                        help="re-encode as JPEG with the longer side at most this (default: original bytes)")
+                        help="re-encode as 8-bit JPEG with the longer side at most this (default: original bytes; "
+                             "16-bit, float and N-band files are refused)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --max-side (default 90)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="keep files without decoding them first (faster; unreadable ones are then "
