@@ -8,8 +8,8 @@ Each variant (off, on) runs in a fresh Python process, in turns (off, on, off, o
 (`MaskedAutoencoderViT`, `activation_checkpointing` off or on), AdamW, `--steps` steps of forward,
 backward and update on fixed images and masks. Each process reports:
 
-  saved MiB   the bytes autograd keeps for backward during one forward (torch's saved-tensor hooks):
-              the activations that checkpointing drops, counted exactly
+  saved MiB   the activations autograd keeps for backward during one forward (torch's saved-tensor
+              hooks; each storage once, weights left out): what checkpointing drops, counted exactly
   peak MiB    the process's peak resident memory (getrusage ru_maxrss: weights, gradients, AdamW
               state, activations, allocator slack) on CPU; torch.cuda.max_memory_allocated on CUDA
   step ms     median step time after the first step (which allocates AdamW's state)
@@ -44,11 +44,13 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=generator).to(device)
     noise = torch.rand(args.batch, model.config.num_patches, generator=generator).to(device)
-    saved = 0
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}  # storage address -> bytes: a tensor saved by several ops counts once
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:  # activations only, not the weights an op keeps
+            kept[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     times, loss0 = [], None
@@ -67,7 +69,7 @@ def child(args: argparse.Namespace) -> dict[str, float]:
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"saved": saved, "peak": peak, "step": median(times[1:] or times), "loss": loss0}
+    return {"saved": sum(kept.values()), "peak": peak, "step": median(times[1:] or times), "loss": loss0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

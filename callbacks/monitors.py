@@ -58,17 +58,21 @@ def encode(pl_module: LightningModule, images: Tensor, pool: PoolKind = "cls") -
 class OnlineLinearProbe(Callback):
     """A linear classifier on detached encoder features, trained during pretraining.
 
-    Every training batch, the full (unmasked) training images go once more through the encoder,
-    under `no_grad`: that is the extra cost, one encoder forward of all patches per step (about
-    4x the masked forward at mask ratio 0.75), nothing backward. The head (BatchNorm1d without
-    affine + Linear, as the paper's probe) then takes one step of its own AdamW. Logs
-    `online_probe/train_loss`, `online_probe/train_acc` (on augmented training images, as they
-    come) and `online_probe/val_acc` (top-1 on the validation images).
+    Every `every_n_steps`-th training batch of an epoch (batch index 0, N, 2N, ...), the full
+    (unmasked) training images go once more through the encoder, under `no_grad`: that is the extra
+    cost, one encoder forward of all patches (about 4x the masked forward at mask ratio 0.75),
+    nothing backward. For ViT-S/16 at 224 px that forward is about 23% of a training step's FLOPs,
+    for ViT-B 60%, for ViT-L as much as the step itself: for long runs of large encoders set
+    `every_n_steps` (e.g. 16; its effect on the digits accuracy is in benchmarks/RESULTS.md). The
+    head (BatchNorm1d without affine + Linear, as the paper's probe) then takes one step of its own
+    AdamW. Logs `online_probe/train_loss`, `online_probe/train_acc` (on augmented training images,
+    as they come) and `online_probe/val_acc` (top-1 on the validation images, every validation).
 
     Args:
         num_classes: classes of the head; None takes the DataModule's `num_classes`.
         lr, weight_decay: the head's AdamW settings.
         pool: "cls" or "avg" features.
+        every_n_steps: train the head on one training batch in this many (1: every batch).
 
     Off (one info message) without `num_classes`, when the training batches carry no labels or
     only -1 (unlabelled; single -1 labels in a batch are ignored), and under FSDP/ModelParallel.
@@ -80,10 +84,13 @@ class OnlineLinearProbe(Callback):
     """
 
     def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 pool: PoolKind = "cls") -> None:
+                 pool: PoolKind = "cls", every_n_steps: int = 1) -> None:
         if pool not in ("cls", "avg"):
             raise ValueError(f"OnlineLinearProbe.pool must be 'cls' or 'avg', got {pool!r}")
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"OnlineLinearProbe.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
         self.num_classes, self.lr, self.weight_decay, self.pool = num_classes, lr, weight_decay, pool
+        self.every_n_steps = every_n_steps
         self.head: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -138,7 +145,8 @@ class OnlineLinearProbe(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self.active:
+        # the batch index within the epoch: the same on every rank and in a resumed run
+        if not self.active or batch_idx % self.every_n_steps:
             return
         labelled = self._global_batch(trainer, pl_module, batch)
         if labelled is None or len(labelled[1]) == 0:
