@@ -30,6 +30,7 @@ import torch
 
 from _common import DTYPES, autocast, device_line, emit, lit_config, markdown_table, median, number, synchronize
 from lit_mae.models import MaskedAutoencoderViT
+from mfu import load_average
 
 HEADERS = ["activation checkpointing", "saved for backward MiB", "peak MiB", "step ms", "loss@step0"]
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     argv = list(sys.argv[1:] if argv is None else argv)
     results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    load_before = load_average()
     for _ in range(args.repeats):
         for variant in results:
             out = subprocess.run([sys.executable, __file__, *argv, "--checkpointing", variant], check=True,
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} fresh processes per variant, in turns",
         "",
         device_line(torch.device(args.device)),
+        f"load average {load_before} before, {load_average()} after",
         "",
         markdown_table(HEADERS, rows),
         "",

@@ -12,7 +12,7 @@ through `--workers` loader processes, AdamW with the warmup-cosine schedule; wit
 `OnlineLinearProbe` (every step). Rows of a preset are timed in turns: each round fits every row
 for `--steps` steps with a fresh Trainer (the module and its weights carry on), and the step time
 is the median interval between consecutive batch ends after the first of each fit (so start-up,
-worker spawning and compiling are outside it).
+worker spawning and compiling are outside it); a first, untimed round warms every row up.
 
 FLOPs: one real step of each preset is counted with FlopCounterMode, from the start of the batch to
 the optimizer step (the MAE's forward + backward: model FLOPs) and on to the batch end (the probe's
@@ -179,16 +179,19 @@ def count_flops(preset: str, root: Path, args: argparse.Namespace, log_dir: Path
 
 
 def time_rows(rows: list[Row], root: Path, args: argparse.Namespace, log_dir: Path) -> None:
-    """Fit every row for `args.steps` steps, `args.rounds` times in turns."""
-    for round_ in range(args.rounds):
+    """Fit every row for `args.steps` steps, `args.rounds` times in turns, after an untimed round
+    (compiling, and the first use of each precision's kernels, took seconds of several steps)."""
+    for round_ in range(args.rounds + 1):
         for row in rows:
             if row.module is None:
                 row.module = build_module(row.preset, args.img_size, row.compile)
             timer = StepTimer()
             callbacks = [OnlineLinearProbe(), timer] if row.probe else [timer]
             fit(row.module, root, args, row.precision, callbacks, args.steps, log_dir)
-            row.seconds += timer.intervals()
-            print(f"  round {round_ + 1}: {row.preset} {row.precision} compile={row.compile} probe={row.probe}: "
+            if round_ > 0:
+                row.seconds += timer.intervals()
+            print(f"  {f'round {round_}' if round_ else 'warm-up'}: {row.preset} {row.precision} "
+                  f"compile={row.compile} probe={row.probe}: "
                   f"{' '.join(f'{s * 1e3:.0f}' for s in timer.intervals())} ms", flush=True)
     for row in rows:
         row.module = None  # free the weights before the next preset
@@ -215,13 +218,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe", choices=["off", "on", "both"], default="both", help="OnlineLinearProbe rows")
     parser.add_argument("--workers", type=int, default=2, help="loader processes")
     parser.add_argument("--steps", type=int, default=4, help="steps per fit (the first interval starts after one)")
-    parser.add_argument("--rounds", type=int, default=2, help="fits of every row, in turns")
+    parser.add_argument("--rounds", type=int, default=2, help="timed fits of every row, in turns, after a warm-up fit")
     parser.add_argument("--images", type=Path, help="folder of generated JPEGs (made if missing; default: temp)")
-    parser.add_argument("--smoke", action="store_true", help="32 px model, batch 4, 1 worker, 3 steps, 1 round")
+    parser.add_argument("--smoke", action="store_true", help="32 px model, batch 4, 1 worker, 2 steps, 1 round")
     parser.add_argument("--markdown", help="also write the table to this path")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.presets, args.img_size, args.batch, args.workers, args.steps, args.rounds = ["smoke"], 32, 4, 1, 3, 1
+        args.presets, args.img_size, args.batch, args.workers, args.steps, args.rounds = ["smoke"], 32, 4, 1, 2, 1
     return args
 
 
@@ -246,7 +249,7 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], flop
     peak_text = "; ".join(f"{dtype} {rate / 1e12:.3f} TFLOP/s ({size}x{size})" for dtype, (rate, size) in peaks.items())
     return "\n".join([
         f"## Lightning pretraining step: {args.img_size} px, batch {args.batch}, {args.workers} loader workers, "
-        f"median of {args.rounds} x {args.steps - 1} steps",
+        f"median of {args.rounds} x {args.steps - 1} steps after a warm-up round",
         "",
         device_line(device),
         f"load average {loads[0]} before, {loads[1]} after; {minutes:.1f} min",
