@@ -208,6 +208,13 @@ def test_fp16_gradient_scaler_skips_steps_with_inf_gradients(tiny_config, make_t
     assert scaler.get_scale() == start_scale / 2 and system.skipped_steps == 0 and trainer.global_step == 3
 
 
-@pytest.mark.parametrize("path", sorted(Path(REPO_ROOT, "configs").glob("*/*.yaml")), ids=lambda p: p.stem)
+GPU_RECIPES = sorted(path for folder in ("imagenet", "cifar10") for path in Path(REPO_ROOT, "configs", folder).glob("*.yaml"))
+
+
+def test_the_gpu_recipe_folders_hold_recipes():
+    assert len(GPU_RECIPES) >= 8  # configs/shifted/ and the digits configs are CPU runs (32-true)
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_gpu_recipes_train_in_bf16_mixed(path):
     assert yaml.safe_load(path.read_text())["trainer"]["precision"] == "bf16-mixed", path
