@@ -192,8 +192,8 @@ class LitMAECLI(LightningCLI):
             for writer in writers:
                 path = writer.output_path(self.trainer)
                 if path.is_file():
-                    print(f"\nwrote the embeddings to {path} (torch.load(path) gives a dict: embeddings, "
-                          "labels, indices, paths; docs/training.md)", flush=True)
+                    print(f"\nwrote the embeddings to {path} (torch.load(path, weights_only=True) gives a dict: "
+                          "embeddings, labels, indices, paths; docs/training.md)", flush=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
