@@ -17,6 +17,8 @@ class _DropTips(logging.Filter):
 
 def quiet_known_noise() -> None:
     """Hide exactly those messages (each by its own text); everything else is left as it is."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(existing, _DropTips) for existing in logger.filters):  # once per process
+        logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)

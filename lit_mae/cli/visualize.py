@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lit_mae.datamodules.arrays import is_eight_bit, read_full
-from lit_mae.datamodules.base import IMAGENET_MEAN, IMAGENET_STD
+from lit_mae.datamodules.base import imagenet_statistics
 from lit_mae.datamodules.images import read_image
 from lit_mae.interop import load_pretrained
 from lit_mae.interop.normalisation import Statistics, recorded_statistics
@@ -70,9 +70,7 @@ def _imagenet(channels: int) -> Statistics | None:
     if channels not in (1, 3):
         return None
     note = "ImageNet's: the checkpoint does not record how its images were normalised; set --mean/--std if not"
-    if channels == 1:
-        return Statistics((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,), note)
-    return Statistics(IMAGENET_MEAN, IMAGENET_STD, note)
+    return Statistics(*imagenet_statistics(channels), note)
 
 
 def visualize_files(ckpt: str | Path, image_paths: Sequence[str | Path], out: str | Path,
