@@ -2,26 +2,44 @@
 
     python benchmarks/digits_protocols.py                      # about 5 minutes on 2 CPU cores
     python benchmarks/digits_protocols.py --pretrained runs/pretrain/checkpoints/last.ckpt
+    python benchmarks/digits_protocols.py --smoke              # one epoch of each: proves the script runs
 
 Runs the repository's configs unchanged (configs/pretrain.yaml, linprobe.yaml, finetune.yaml)
-through the CLI, inside `--out` (their relative `runs/...` paths land there), then the same probe
-and fine-tuning from a randomly initialised encoder of the same architecture. Prints one markdown
-table of test top-1 accuracy (best checkpoint by val top-1) and wall time per run.
+through the CLI, then the same probe and fine-tuning from a randomly initialised encoder of the
+same architecture, each in its own folder of `--out` (the configs' relative `runs/...` paths land
+there; the CLI refuses to start a fresh run in a folder that holds one). Prints one markdown table
+of test top-1 accuracy (best checkpoint by val top-1) and wall time per run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from lit_mae.cli.lightning_cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Work in `folder` (made now; it must not exist), then come back."""
+    if folder.exists():
+        raise SystemExit(f"{folder} exists: give a new --out (each run needs a fresh folder)")
+    folder.mkdir(parents=True)
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def fit(config: str, *overrides: str) -> tuple[float, float, float]:
@@ -40,26 +58,30 @@ def architecture() -> str:
     return json.dumps(yaml.safe_load((CONFIGS / "pretrain.yaml").read_text())["model"]["init_args"]["config"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/protocols", help="working folder for logs and checkpoints")
     parser.add_argument("--pretrained", help="an existing LitMAE checkpoint: skip pretraining")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="one epoch of every run")
+    args = parser.parse_args(argv)
     pretrained = str(Path(args.pretrained).resolve()) if args.pretrained else None
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    os.chdir(args.out)
+    out = Path(args.out).resolve()
+    epochs = ["--trainer.max_epochs", "1"] if args.smoke else []
 
     rows = []
     if pretrained is None:
-        start = time.perf_counter()
-        run_cli(["fit", "--config", str(CONFIGS / "pretrain.yaml"), "--trainer.enable_progress_bar", "false"])
-        rows.append(("MAE pretraining (configs/pretrain.yaml)", "", "", time.perf_counter() - start))
-        pretrained = str(Path("runs/pretrain/checkpoints/last.ckpt").resolve())
+        with inside(out / "pretrain"):
+            start = time.perf_counter()
+            run_cli(["fit", "--config", str(CONFIGS / "pretrain.yaml"), "--trainer.enable_progress_bar", "false",
+                     *epochs])
+            rows.append(("MAE pretraining (configs/pretrain.yaml)", "", "", time.perf_counter() - start))
+            pretrained = str(Path("runs/pretrain/checkpoints/last.ckpt").resolve())
     random_init = ["--model.init_args.pretrained", "null", "--model.init_args.config", architecture()]
     for name, config in (("linear probe", "linprobe.yaml"), ("fine-tune", "finetune.yaml")):
-        for encoder, weights in (("MAE-pretrained", ["--model.init_args.pretrained", pretrained]),
-                                 ("random init", random_init)):
-            test, val, seconds = fit(config, *weights)
+        for encoder, slug, weights in (("MAE-pretrained", "mae", ["--model.init_args.pretrained", pretrained]),
+                                       ("random init", "random", random_init)):
+            with inside(out / f"{Path(config).stem}_{slug}"):
+                test, val, seconds = fit(config, *weights, *epochs)
             rows.append((f"{name}, {encoder} encoder (configs/{config})", f"{test:.1f}", f"{val:.1f}", seconds))
 
     print("\n| run | test top-1 % | val top-1 % (best epoch) | wall time |")

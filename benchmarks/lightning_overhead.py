@@ -11,8 +11,10 @@ workers), run as:
   lightning   Trainer.fit without logger, progress bar or callbacks
   + logging   with a TensorBoard logger (every 5 steps, as configs/pretrain.yaml) and the progress bar
   defaults    + configs/pretrain.yaml's callbacks: ModelSummary, ReconstructionGridLogger,
-              OnlineLinearProbe (every step), KNNMonitor, AtomicModelCheckpoint
-  defaults, probe every 16   the same with OnlineLinearProbe(every_n_steps=16)
+              OnlineLinearProbe (every step, on the step's own features), KNNMonitor,
+              AtomicModelCheckpoint
+  defaults, unmasked probe            the same with OnlineLinearProbe(features="unmasked")
+  defaults, unmasked probe every 16   ... and every_n_steps=16
 
 In turns: each round runs every variant for `--steps` steps (the module's weights carry on); the
 step time is the median interval between consecutive step ends after the first of each run.
@@ -47,7 +49,8 @@ from lit_mae.systems.base import step_generator
 from lit_mae.visualize import reconstruction_grid
 
 HEADERS = ["variant", "step ms", "images/s", "vs bare", "ms over bare", "share of the step %"]
-VARIANTS = ["bare", "lightning", "+ logging", "defaults", "defaults, probe every 16"]
+VARIANTS = ["bare", "lightning", "+ logging", "defaults", "defaults, unmasked probe",
+            "defaults, unmasked probe every 16"]
 
 
 def batches(args: argparse.Namespace) -> DataLoader:
@@ -100,17 +103,19 @@ class Variants:
         shutil.rmtree(self.root / "checkpoints", ignore_errors=True)  # written after the last step
         return timer.intervals()
 
-    def defaults(self, probe_every: int) -> list[Callback]:
+    def defaults(self, features: str = "step", probe_every: int = 1) -> list[Callback]:
         """configs/pretrain.yaml's callbacks (the probe told its classes: the loader is no DataModule)."""
+        probe = OnlineLinearProbe(num_classes=10, lr=1e-2, every_n_steps=probe_every, features=features)
         return [ModelSummary(max_depth=2), ReconstructionGridLogger(every_n_epochs=10, num_images=8),
-                OnlineLinearProbe(num_classes=10, lr=1e-2, every_n_steps=probe_every), KNNMonitor(every_n_epochs=10),
+                probe, KNNMonitor(every_n_epochs=10),
                 AtomicModelCheckpoint(dirpath=str(self.root / "checkpoints"), save_top_k=1, save_last="link")]
 
     def runners(self) -> dict[str, Callable[[], list[float]]]:
         return {"bare": self.bare, "lightning": lambda: self.lightning([], False),
                 "+ logging": lambda: self.lightning([], True),
-                "defaults": lambda: self.lightning(self.defaults(1), True),
-                "defaults, probe every 16": lambda: self.lightning(self.defaults(16), True)}
+                "defaults": lambda: self.lightning(self.defaults(), True),
+                "defaults, unmasked probe": lambda: self.lightning(self.defaults("unmasked"), True),
+                "defaults, unmasked probe every 16": lambda: self.lightning(self.defaults("unmasked", 16), True)}
 
 
 def per_epoch_costs(variants: Variants, args: argparse.Namespace, step_s: float) -> list[list[str]]:

@@ -9,14 +9,15 @@ What runs: `LitMAE(preset, img_size)` in a `Trainer` (the given precision, a Ten
 logging every 5 steps, the progress bar), fed by `ImageFolderDataModule` over generated JPEGs
 (benchmarks/dataloading.py's ImageNet-like files, `augment: pretrain`, labels from class folders)
 through `--workers` loader processes, AdamW with the warmup-cosine schedule; with and without
-`OnlineLinearProbe` (every step). Rows of a preset are timed in turns: each round fits every row
+`OnlineLinearProbe` (its defaults: every step, on the step's own features; `--probe-features
+unmasked` encodes the full images once more, the cost measured apart). Rows of a preset are timed in turns: each round fits every row
 for `--steps` steps with a fresh Trainer (the module and its weights carry on), and the step time
 is the median interval between consecutive batch ends after the first of each fit (so start-up,
 worker spawning and compiling are outside it); a first, untimed round warms every row up.
 
 FLOPs: one real step of each preset is counted with FlopCounterMode, from the start of the batch to
 the optimizer step (the MAE's forward + backward: model FLOPs) and on to the batch end (the probe's
-extra forward); attention runs eager in that step, so that its matmuls are counted without the
+head, and its extra forward with `--probe-features unmasked`); attention runs eager in that step, so that its matmuls are counted without the
 recomputation of fused kernels. MFU = model FLOPs per second / the best square-matmul rate of
 the precision's dtype (fp32 or bf16), measured in the same run before and after the steps.
 """
@@ -48,6 +49,7 @@ from lit_mae.models import MAEConfig
 from lit_mae.models.layers import Attention
 from lit_mae.models.ops import num_kept
 
+PROBE_WORK = {"step": "its head on the step's features", "unmasked": "its forward of the full images and its head"}
 HEADERS = ["preset", "precision", "compile", "probe", "step ms", "images/s", "model GFLOP/image",
            "probe GFLOP/image", "model TFLOP/s", "MFU %"]
 DTYPE_OF = {"32-true": "fp32", "bf16-mixed": "bf16"}
@@ -170,11 +172,15 @@ def fit(module: LitMAE, root: Path, args: argparse.Namespace, precision: str, ca
     trainer.fit(module, datamodule=datamodule(root, args))
 
 
+def probe(args: argparse.Namespace) -> OnlineLinearProbe:
+    return OnlineLinearProbe(features=args.probe_features)
+
+
 def count_flops(preset: str, root: Path, args: argparse.Namespace, log_dir: Path) -> tuple[int, int]:
     """(model, probe) FLOPs of one real step of `preset`, per step (not per image), uncompiled."""
     counter = StepFlops(at=1)
     module = build_module(preset, args.img_size, compile=False)
-    fit(module, root, args, args.precisions[0], [OnlineLinearProbe(), counter], steps=2, log_dir=log_dir)
+    fit(module, root, args, args.precisions[0], [probe(args), counter], steps=2, log_dir=log_dir)
     return counter.model, counter.after
 
 
@@ -186,7 +192,7 @@ def time_rows(rows: list[Row], root: Path, args: argparse.Namespace, log_dir: Pa
             if row.module is None:
                 row.module = build_module(row.preset, args.img_size, row.compile)
             timer = StepTimer()
-            callbacks = [OnlineLinearProbe(), timer] if row.probe else [timer]
+            callbacks = [probe(args), timer] if row.probe else [timer]
             fit(row.module, root, args, row.precision, callbacks, args.steps, log_dir)
             if round_ > 0:
                 row.seconds += timer.intervals()
@@ -216,6 +222,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="32-true and/or bf16-mixed (default: both where the device has bf16 matmuls)")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
     parser.add_argument("--probe", choices=["off", "on", "both"], default="both", help="OnlineLinearProbe rows")
+    parser.add_argument("--probe-features", choices=["step", "unmasked"], default="step",
+                        help="what the probe trains on (OnlineLinearProbe.features)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes")
     parser.add_argument("--steps", type=int, default=4, help="steps per fit (the first interval starts after one)")
     parser.add_argument("--rounds", type=int, default=2, help="timed fits of every row, in turns, after a warm-up fit")
@@ -260,7 +268,8 @@ def report(args: argparse.Namespace, device: torch.device, rows: list[Row], flop
         "normalisation, forward, backward, AdamW, schedule, logging, progress bar, callbacks); the rows of a "
         "preset timed in turns, each fit of a round with a fresh Trainer.",
         "model GFLOP/image: FlopCounterMode over one real step (eager attention), batch start to optimizer step; "
-        "probe GFLOP/image: the rest of the batch (OnlineLinearProbe's unmasked forward and its head).",
+        f"probe GFLOP/image: the rest of the batch (OnlineLinearProbe(features={args.probe_features!r}): "
+        f"{PROBE_WORK[args.probe_features]}).",
         f"counted / analytic model FLOPs (analytic_step_flops): {checks}.",
         f"MFU: model FLOP/s over the matmul peak of the precision's dtype, measured in this run: {peak_text} "
         f"(the best of sizes {', '.join(map(str, peak_sizes(device, args.smoke)))} before and after the steps).",

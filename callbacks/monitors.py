@@ -1,8 +1,9 @@
 """Representation monitors that run alongside MAE pretraining: an online linear probe and a kNN classifier.
 
 Both read the encoder of the module (`pl_module.model.encoder`, as in `LitMAE` and the classifiers)
-on full, unmasked images, without gradients: pretraining, its masks and its random streams are left
-as they are. Both switch themselves off, with one info message, when the data carries no labels,
+without gradients: the online probe trains on the features the training step computed (or on full
+images), both evaluate on full, unmasked images. Pretraining, its masks and its random streams are
+left as they are. Both switch themselves off, with one info message, when the data carries no labels,
 and under a strategy that shards the weights (FSDP, ModelParallel): they call the encoder outside
 the training step, where a sharded model's weights are not gathered.
 """
@@ -10,7 +11,7 @@ the training step, where a sharded model's weights are not gathered.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from lit_mae.models.encoder import PoolKind
 from lit_mae.systems.feature_cache import encode_dataset
 
 log = logging.getLogger(__name__)
+ProbeFeatures = Literal["step", "unmasked"]
 
 
 def sharded_strategy(trainer: Trainer) -> str | None:
@@ -58,39 +60,54 @@ def encode(pl_module: LightningModule, images: Tensor, pool: PoolKind = "cls") -
 class OnlineLinearProbe(Callback):
     """A linear classifier on detached encoder features, trained during pretraining.
 
-    Every `every_n_steps`-th training batch of an epoch (batch index 0, N, 2N, ...), the full
-    (unmasked) training images go once more through the encoder, under `no_grad`: that is the extra
-    cost, one encoder forward of all patches (about 4x the masked forward at mask ratio 0.75),
-    nothing backward. For ViT-S/16 at 224 px that forward is about 23% of a training step's FLOPs,
-    for ViT-B 60%, for ViT-L as much as the step itself: for long runs of large encoders set
-    `every_n_steps` (e.g. 16; its effect on the digits accuracy is in benchmarks/RESULTS.md). The
-    head (BatchNorm1d without affine + Linear, as the paper's probe) then takes one step of its own
-    AdamW. Logs `online_probe/train_loss`, `online_probe/train_acc` (on augmented training images,
-    as they come) and `online_probe/val_acc` (top-1 on the validation images, every validation).
+    On every `every_n_steps`-th training batch of an epoch (batch index 0, N, 2N, ...) the head
+    (BatchNorm1d without affine + Linear, as the paper's probe) takes one step of its own AdamW on
+    the batch's features, detached:
+
+    - `features="step"` (default): the encoder output the training step already computed, which
+      `LitMAE.training_step` keeps as `pl_module.step_latent` (B, 1+K, D): the image seen through
+      its visible patches only (25% at mask ratio 0.75). Free: no extra forward. A module that
+      keeps no `step_latent` gets the "unmasked" features instead (one info message).
+    - `features="unmasked"`: the full training images once more through the encoder, under
+      `no_grad`: one encoder forward of all patches (about 4x the masked forward at mask ratio
+      0.75). For ViT-S/16 at 224 px that is about 23% of a training step's FLOPs, for ViT-B 60%,
+      for ViT-L as much as the step itself.
+
+    Validation always encodes the full validation images. The digits accuracy of both kinds of
+    features, and the cost of each, are in benchmarks/RESULTS.md. Logs `online_probe/train_loss`,
+    `online_probe/train_acc` (on the training batches' features, as they come) and
+    `online_probe/val_acc` (top-1 on the validation images, every validation).
 
     Args:
         num_classes: classes of the head; None takes the DataModule's `num_classes`.
         lr, weight_decay: the head's AdamW settings.
-        pool: "cls" or "avg" features.
+        pool: "cls" or "avg" features ("avg" of the visible patches with `features="step"`).
         every_n_steps: train the head on one training batch in this many (1: every batch).
+        features: "step" or "unmasked", the training features (above).
 
     Off (one info message) without `num_classes`, when the training batches carry no labels or
     only -1 (unlabelled; single -1 labels in a batch are ignored), and under FSDP/ModelParallel.
 
-    Under DDP each rank encodes its own shard, then the features (B, D) and labels of all ranks
-    are gathered (one all-gather of B x D floats per step), so every rank's head steps on the
-    global batch, as one process with the global batch would; the heads start from rank 0's
-    weights and stay identical. `val_acc` is averaged over ranks.
+    A training step whose update was skipped for a non-finite loss (`pl_module.step_skipped`,
+    see `LitSystem`) trains no head either: its features may be NaN.
+
+    Under DDP the features (B, D) of each rank's shard and its labels are gathered (one
+    all-gather of B x D floats per step), so every rank's head steps on the global batch, as one
+    process with the global batch would; the heads start from rank 0's weights and stay
+    identical. `val_acc` is averaged over ranks.
     """
 
     def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 pool: PoolKind = "cls", every_n_steps: int = 1) -> None:
+                 pool: PoolKind = "cls", every_n_steps: int = 1, features: ProbeFeatures = "step") -> None:
         if pool not in ("cls", "avg"):
             raise ValueError(f"OnlineLinearProbe.pool must be 'cls' or 'avg', got {pool!r}")
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"OnlineLinearProbe.every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+        if features not in ("step", "unmasked"):
+            raise ValueError(f"OnlineLinearProbe.features must be 'step' or 'unmasked', got {features!r}")
         self.num_classes, self.lr, self.weight_decay, self.pool = num_classes, lr, weight_decay, pool
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.features = every_n_steps, features
+        self._told_unmasked = False
         self.head: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -130,6 +147,19 @@ class OnlineLinearProbe(Callback):
         keep = labels >= 0
         return images[keep], labels[keep]
 
+    def _training_features(self, pl_module: LightningModule, images: Tensor) -> Tensor:
+        """(B, D) float32 detached features of a training batch: the step's `step_latent` when asked
+        for and kept, else the unmasked encoder's."""
+        if self.features == "step":
+            latent = getattr(pl_module, "step_latent", None)  # (B, 1+K, D)
+            if isinstance(latent, Tensor) and latent.shape[0] == images.shape[0]:
+                return pl_module.model.encoder.pool(latent.detach(), self.pool).float()
+            if not self._told_unmasked:
+                log.info("OnlineLinearProbe: %s keeps no `step_latent` of this batch; the probe encodes the full "
+                         "training images once more (features='unmasked')", type(pl_module).__name__)
+                self._told_unmasked = True
+        return encode(pl_module, images, self.pool)
+
     def _global_batch(self, trainer: Trainer, pl_module: LightningModule, batch: object
                       ) -> tuple[Tensor, Tensor] | None:
         """(features (N, D), labels (N,)) of the labelled samples of every rank's batch; None: no labels."""
@@ -138,16 +168,22 @@ class OnlineLinearProbe(Callback):
             return None
         # the whole local batch, labelled or not, so that every rank sends the same shapes whatever
         # its labels; the unlabelled rows are dropped after gathering
-        features = gather_rows(trainer, encode(pl_module, images, self.pool))  # (N, D), detached
+        features = gather_rows(trainer, self._training_features(pl_module, images))  # (N, D)
         labels = gather_rows(trainer, labels)  # (N,)
         keep = labels >= 0
         return features[keep], labels[keep]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.features == "step" and getattr(pl_module, "step_latent", None) is not None:
+            pl_module.step_latent = None  # only this batch's step may fill it: never an older batch's features
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         # the batch index within the epoch: the same on every rank and in a resumed run
         if not self.active or batch_idx % self.every_n_steps:
             return
+        if getattr(pl_module, "step_skipped", False):
+            return  # a skipped non-finite step, on every rank alike
         labelled = self._global_batch(trainer, pl_module, batch)
         if labelled is None or len(labelled[1]) == 0:
             self._switch_off("the training batches carry no labels (or only -1)")

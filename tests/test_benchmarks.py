@@ -171,3 +171,18 @@ def test_presets_smoke_counts_what_transformers_counts(tmp_path):
         assert row["total"] == row["transformers total"], row
         encoder, decoder = (float(row[f"{part} params"].removesuffix(" M")) for part in ("encoder", "decoder"))
         assert encoder > 0 and 25 < decoder < 27  # the official 512-wide, 8-block decoder
+
+
+def test_digits_protocols_smoke_runs_every_protocol_in_its_own_folder(tmp_path):
+    """Pretraining, then the probe and fine-tuning from it and from a random encoder: five fresh runs
+    (the CLI refuses a fresh run in a folder that holds one, so each needs its own)."""
+    out = run_script("digits_protocols.py", "--smoke", "--out", str(tmp_path))
+    header, rows = parse_table(out)
+    assert header == ["run", "test top-1 %", "val top-1 % (best epoch)", "wall time"]
+    assert [row["run"].split(" (")[0] for row in rows] == [
+        "MAE pretraining", "linear probe, MAE-pretrained encoder", "linear probe, random init encoder",
+        "fine-tune, MAE-pretrained encoder", "fine-tune, random init encoder"]
+    for row in rows[1:]:
+        assert 0 <= float(row["test top-1 %"]) <= 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "finetune_mae", "finetune_random", "linprobe_mae", "linprobe_random", "pretrain"]

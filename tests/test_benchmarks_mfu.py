@@ -25,10 +25,10 @@ from lit_mae.models import MAEConfig, MaskedAutoencoderViT  # noqa: E402
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def smoke(script: str, tmp_path: Path) -> str:
-    """stdout of `python benchmarks/<script> --smoke --markdown FILE`; the file holds the report."""
+def smoke(script: str, tmp_path: Path, *args: str) -> str:
+    """stdout of `python benchmarks/<script> --smoke --markdown FILE [args]`; the file holds the report."""
     markdown = tmp_path / "out.md"
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--markdown", str(markdown)],
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--markdown", str(markdown), *args],
                             cwd=REPO_ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -80,8 +80,11 @@ def test_the_counter_misses_cpu_sdpa_so_the_count_runs_eager():
     assert counter.get_total_flops() == 0
 
 
-def test_mfu_smoke_reports_rows_per_precision_and_probe(tmp_path):
-    report = smoke("mfu.py", tmp_path)
+@pytest.mark.parametrize(("features", "probe_share"), [("step", (0.0, 0.01)), ("unmasked", (0.2, 1.0))])
+def test_mfu_smoke_reports_rows_per_precision_and_probe(tmp_path, features, probe_share):
+    """The probe's FLOPs: its head alone on the step's features; an encoder forward on all patches
+    (against forward + backward on a quarter of them) on the full images."""
+    report = smoke("mfu.py", tmp_path, "--probe-features", features)
     assert "load average" in report and "device: CPU" in report
     [rows] = tables(report)
     assert list(rows[0]) == mfu.HEADERS
@@ -93,8 +96,8 @@ def test_mfu_smoke_reports_rows_per_precision_and_probe(tmp_path):
             positive(row[column])
         assert (row["probe GFLOP/image"] == "—") == (row["probe"] == "off")
     assert len({row["model GFLOP/image"] for row in rows}) == 1  # one count per preset
-    probe_share = positive(rows[1]["probe GFLOP/image"]) / positive(rows[1]["model GFLOP/image"])
-    assert 0.2 < probe_share < 1.0  # an encoder forward on all patches, against forward + backward
+    share = positive(rows[1]["probe GFLOP/image"]) / positive(rows[1]["model GFLOP/image"])
+    assert probe_share[0] < share < probe_share[1]
     assert "counted / analytic model FLOPs (analytic_step_flops): smoke 1.0000." in report
 
 
@@ -102,7 +105,7 @@ def test_lightning_overhead_smoke_names_every_variant_and_the_per_epoch_work(tmp
     report = smoke("lightning_overhead.py", tmp_path)
     steps, per_epoch = tables(report)
     assert [row["variant"] for row in steps] == ["bare", "lightning", "+ logging", "defaults",
-                                                  "defaults, probe every 16"]
+                                                  "defaults, unmasked probe", "defaults, unmasked probe every 16"]
     assert steps[0]["vs bare"] == "1.000"
     for row in steps:
         positive(row["step ms"])

@@ -1,5 +1,5 @@
 """`OnlineLinearProbe(every_n_steps=N)`: the head trains on batches 0, N, 2N, ... of an epoch only
-(the cheap setting for large encoders; docs/performance.md)."""
+(what makes `features="unmasked"` cheap; docs/performance.md)."""
 
 from __future__ import annotations
 

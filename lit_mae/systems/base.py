@@ -107,6 +107,7 @@ class LitSystem(LightningModule):
     all-reduce completes) and the gradients are dropped before the optimizer step, so a skip
     drops the whole accumulation window. Finite losses with non-finite gradients are not caught
     here: with `16-mixed` Lightning's GradScaler skips those steps itself (and lowers its scale).
+    `step_skipped` tells callbacks whether the latest step's update was skipped.
     """
 
     def __init__(self, base_lr: float, lr: float | None, warmup_epochs: float, min_lr: float,
@@ -122,6 +123,7 @@ class LitSystem(LightningModule):
         self.base_lr, self.lr, self.warmup_epochs, self.min_lr = base_lr, lr, warmup_epochs, min_lr
         self.on_nonfinite, self.max_consecutive_skips = on_nonfinite, max_consecutive_skips
         self.skipped_steps, self._consecutive_skips, self._drop_grads = 0, 0, False
+        self.step_skipped = False  # whether the latest training step's update was skipped (the same on every rank)
 
     @property
     def architecture(self) -> MAEConfig:
@@ -226,7 +228,8 @@ class LitSystem(LightningModule):
         local_bad = ~torch.isfinite(loss.detach()).all()
         trainer = self.trainer
         bad = trainer.strategy.reduce(local_bad.float(), reduce_op="sum") if trainer.world_size > 1 else local_bad
-        if not bad:  # the one host sync of the check
+        self.step_skipped = bool(bad)  # the one host sync of the check
+        if not self.step_skipped:
             self._consecutive_skips = 0
             if self.on_nonfinite == "skip":
                 self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)

@@ -89,6 +89,7 @@ class LitMAE(LitSystem):
         self.save_hyperparameters()
         self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.mask_seed = mask_seed
+        self.step_latent: Tensor | None = None  # the latest training step's encoder output, detached
         self.param_ndims = parameter_ndims(self.model)  # before any strategy wraps the model
         # a plain attribute, not a submodule: the compiled wrapper must not enter the state dict
         self._steps = torch.compile(self.model.forward, fullgraph=True) if compile else self.model.forward
@@ -133,10 +134,15 @@ class LitMAE(LitSystem):
         return parts
 
     def training_step(self, batch: object, batch_idx: int) -> Tensor | None:
+        """The loss (see `training_loss`). Also keeps the encoder's output on the visible patches,
+        detached, as `step_latent` for callbacks (`OnlineLinearProbe` trains on it at no extra
+        forward); None after a skipped non-finite step, whose features may be NaN too."""
         with self.seeded_randomness(self.mask_seed, "train/drop_path", batch_idx):  # the same in a resumed run
             images, output = self._forward(batch, "train", self.global_step, self.micro_batch(batch_idx))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return self.training_loss(output.loss, images, lambda: self.loss_components(images, output))
+        loss = self.training_loss(output.loss, images, lambda: self.loss_components(images, output))
+        self.step_latent = None if self.step_skipped else output.latent.detach()  # (B, 1+K, D)
+        return loss
 
     def validation_step(self, batch: object, batch_idx: int) -> None:
         # the same masks at every validation, so that the numbers compare across epochs
