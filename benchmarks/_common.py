@@ -1,4 +1,5 @@
-"""Shared parts of the benchmark scripts: same-weights lit-mae / transformers pairs, timing, tables.
+"""Shared parts of the benchmark scripts: same-weights lit-mae / transformers pairs, timing, tables,
+a fresh folder per CLI run.
 
 Not a script; `train_step.py` and `inference.py` import it (run them from the repository root or
 with the root on PYTHONPATH). Only `lit_mae.models` and `lit_mae.interop` are needed (no Lightning).
@@ -7,12 +8,13 @@ with the root on PYTHONPATH). Only `lit_mae.models` and `lit_mae.interop` are ne
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -219,3 +221,17 @@ def describe_error(error: BaseException) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"failed: {type(error).__name__} {first[:80]}".replace("|", "/")
 
+
+# --- run folders ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Work in `folder` (made now; it must not exist), then come back."""
+    if folder.exists():
+        raise SystemExit(f"{folder} exists: give a new --out (each run needs a fresh folder)")
+    folder.mkdir(parents=True)
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)

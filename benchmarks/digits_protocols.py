@@ -14,32 +14,16 @@ of test top-1 accuracy (best checkpoint by val top-1) and wall time per run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
+from _common import inside  # also puts the repository root on sys.path
 from lit_mae.cli.lightning_cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-@contextlib.contextmanager
-def inside(folder: Path) -> Iterator[None]:
-    """Work in `folder` (made now; it must not exist), then come back."""
-    if folder.exists():
-        raise SystemExit(f"{folder} exists: give a new --out (each run needs a fresh folder)")
-    folder.mkdir(parents=True)
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(here)
 
 
 def fit(config: str, *overrides: str) -> tuple[float, float, float]:

@@ -15,14 +15,13 @@ move by 0.6 points a digit), `knn/val_acc`, the final losses and the wall time o
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from _common import csv, markdown_table  # also puts the repository root on sys.path
+from _common import csv, inside, markdown_table  # also puts the repository root on sys.path
 from lit_mae.cli.lightning_cli import run_cli
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pretrain.yaml"
@@ -53,16 +52,11 @@ def probe_curve(run_dir: Path) -> list[float]:
 
 def run(features: str, every: int, epochs: int, out: Path) -> list[str]:
     folder = (out / f"{features}_every_{every}").resolve()
-    folder.mkdir(parents=True, exist_ok=False)  # one run per folder, as the CLI wants
-    config = config_with_probe(features, every, epochs, folder)
-    here = Path.cwd()
-    os.chdir(folder)  # the config's relative runs/pretrain lands inside
-    try:
+    with inside(folder):  # one run per folder, as the CLI wants; the config's runs/pretrain lands inside
+        config = config_with_probe(features, every, epochs, folder)
         start = time.perf_counter()
         cli = run_cli(["fit", "--config", str(config), "--trainer.enable_progress_bar", "false"])
         seconds = time.perf_counter() - start
-    finally:
-        os.chdir(here)
     metrics = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
     percent = lambda name: f"{100 * metrics[name]:.1f}" if name in metrics else "n/a"  # noqa: E731
     loss = lambda name: f"{metrics[name]:.4f}" if name in metrics else "n/a"  # noqa: E731
